@@ -1,0 +1,233 @@
+"""Ignite handlers for the dissertation's training loop that MONAI does not provide (dissertation 4.6).
+
+- ``EpochSeeder``: reseeds at every epoch so that a resumed run repeats the uninterrupted one exactly.
+- ``NonFiniteLossGuard``: a NaN/inf loss never updates weights; repeated ones stop training with a clear error.
+- ``DualEarlyStopping``: stops only when neither validation accuracy nor validation loss improved for ``patience``
+  validations (ignite's EarlyStopping follows a single score).
+- ``ResumeFromLatestCheckpoint``: finds the newest per-epoch checkpoint and loads it with MONAI's CheckpointLoader.
+- ``BestMetricTrackerState``: lets a per-epoch checkpoint carry the best-so-far scores of MONAI's CheckpointSavers.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from ignite.engine import Engine, Events
+from monai.engines.utils import IterationEvents
+from monai.handlers import CheckpointLoader, CheckpointSaver
+from monai.utils import set_determinism
+
+logger = logging.getLogger(__name__)
+
+EPOCH_CHECKPOINT_PATTERN = re.compile(r"checkpoint_epoch=(\d+)\.pt$")
+
+
+class EpochSeeder:
+    """Seed every random generator with ``seed + epoch`` at the start of each epoch.
+
+    Shuffling and augmentation of an epoch then depend only on the seed and the epoch number, not on how many
+    random numbers earlier epochs consumed, so "1 epoch + resume + 1 epoch" gives the same weights as 2 epochs.
+    """
+
+    def __init__(self, seed: int = 0) -> None:
+        self.seed = int(seed)
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.EPOCH_STARTED, self)
+
+    def __call__(self, engine: Engine) -> None:
+        set_determinism(seed=self.seed + engine.state.epoch)
+
+
+class NonFiniteLossGuard:
+    """Drop the update of any batch whose loss is NaN or infinite, and stop after ``max_consecutive`` in a row.
+
+    Runs after backward and before the optimizer step: gradients are set to None, which makes AdamW skip every
+    parameter (no step, no weight decay, no moment update). The batch's image ids are logged so the offending scans
+    can be inspected.
+
+    Args:
+        max_consecutive: number of non-finite losses in a row that aborts training with a RuntimeError.
+        id_key: batch key holding the scan ids to report.
+    """
+
+    def __init__(self, max_consecutive: int = 3, id_key: str = "image_id") -> None:
+        if max_consecutive < 1:
+            raise ValueError(f"max_consecutive must be >= 1, got {max_consecutive}.")
+        self.max_consecutive = max_consecutive
+        self.id_key = id_key
+        self.consecutive = 0
+        self.skipped: list[list[str]] = []
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(IterationEvents.BACKWARD_COMPLETED, self)
+
+    def __call__(self, engine: Engine) -> None:
+        loss = engine.state.output["loss"]
+        if bool(torch.isfinite(loss.detach()).all()):
+            self.consecutive = 0
+            return
+        for group in engine.optimizer.param_groups:
+            for param in group["params"]:
+                param.grad = None
+        self.consecutive += 1
+        ids = self._batch_ids(engine)
+        self.skipped.append(ids)
+        logger.warning(
+            f"Non-finite loss ({loss.item()}) at epoch {engine.state.epoch}, iteration {engine.state.iteration}; "
+            f"the update was skipped. Scans in the batch: {', '.join(ids)}"
+        )
+        if self.consecutive >= self.max_consecutive:
+            raise RuntimeError(
+                f"{self.consecutive} non-finite losses in a row (last batch: {', '.join(ids)}). Training stopped: "
+                f"check these scans for NaN/inf voxels or constant images, or lower the learning rates."
+            )
+
+    def _batch_ids(self, engine: Engine) -> list[str]:
+        batch = engine.state.batch
+        ids = batch.get(self.id_key) if isinstance(batch, Mapping) else None
+        if ids is None:
+            return ["<unknown ids>"]
+        return [str(i) for i in ids]
+
+
+class DualEarlyStopping:
+    """Early stopping with two counters, one on validation accuracy and one on validation loss (dissertation 4.6.4).
+
+    Training stops only when neither metric improved for ``patience`` consecutive validations. Built with the
+    validator whose metrics it reads and attached to the trainer it stops. Its state is saved in the per-epoch
+    checkpoint so a resumed run continues counting where it stopped.
+
+    Args:
+        validator: the engine whose ``state.metrics`` hold the two metrics after each validation.
+        patience: validations without improvement of both metrics before stopping.
+        accuracy_metric: name of the validator metric that should increase.
+        loss_metric: name of the validator metric that should decrease.
+        min_delta: smallest change counted as an improvement.
+    """
+
+    def __init__(
+        self,
+        validator: Engine,
+        patience: int = 5,
+        accuracy_metric: str = "val_accuracy",
+        loss_metric: str = "val_loss",
+        min_delta: float = 0.0,
+    ) -> None:
+        if patience < 1:
+            raise ValueError(f"patience must be >= 1, got {patience}.")
+        self.validator = validator
+        self.trainer: Engine | None = None
+        self.patience = patience
+        self.accuracy_metric = accuracy_metric
+        self.loss_metric = loss_metric
+        self.min_delta = min_delta
+        self.best_accuracy = -math.inf
+        self.best_loss = math.inf
+        self.accuracy_counter = 0
+        self.loss_counter = 0
+
+    def attach(self, trainer: Engine) -> None:
+        self.trainer = trainer
+        self.validator.add_event_handler(Events.COMPLETED, self)
+
+    def __call__(self, validator: Engine) -> None:
+        accuracy = float(validator.state.metrics[self.accuracy_metric])
+        loss = float(validator.state.metrics[self.loss_metric])
+        if accuracy > self.best_accuracy + self.min_delta:
+            self.best_accuracy, self.accuracy_counter = accuracy, 0
+        else:
+            self.accuracy_counter += 1
+        if loss < self.best_loss - self.min_delta:
+            self.best_loss, self.loss_counter = loss, 0
+        else:
+            self.loss_counter += 1
+        if min(self.accuracy_counter, self.loss_counter) >= self.patience and self.trainer is not None:
+            logger.info(
+                f"Early stopping: neither {self.accuracy_metric} (best {self.best_accuracy:.4f}) nor "
+                f"{self.loss_metric} (best {self.best_loss:.4f}) improved for {self.patience} validations."
+            )
+            self.trainer.terminate()
+
+    def state_dict(self) -> dict[str, float]:
+        return {
+            "best_accuracy": self.best_accuracy,
+            "best_loss": self.best_loss,
+            "accuracy_counter": self.accuracy_counter,
+            "loss_counter": self.loss_counter,
+        }
+
+    def load_state_dict(self, state: Mapping[str, float]) -> None:
+        self.best_accuracy = float(state["best_accuracy"])
+        self.best_loss = float(state["best_loss"])
+        self.accuracy_counter = int(state["accuracy_counter"])
+        self.loss_counter = int(state["loss_counter"])
+
+
+class BestMetricTrackerState:
+    """Expose the best-score list of a MONAI ``CheckpointSaver`` (save_key_metric=True) as a checkpointable object.
+
+    Without it a resumed run would forget the best score so far and overwrite the best model with the first
+    validation after the restart. CheckpointSaver restores the list through its public ``load_state_dict``; it has
+    no public accessor for saving it, hence the one read of its ignite Checkpoint here.
+    """
+
+    def __init__(self, saver: CheckpointSaver) -> None:
+        if saver._key_metric_checkpoint is None:
+            raise ValueError("The CheckpointSaver does not save a key metric (save_key_metric=False).")
+        self.saver = saver
+
+    def state_dict(self) -> dict:
+        return self.saver._key_metric_checkpoint.state_dict()
+
+    def load_state_dict(self, state: Mapping) -> None:
+        self.saver.load_state_dict(state)
+
+
+def latest_epoch_checkpoint(ckpt_dir: str | Path) -> Path | None:
+    """The per-epoch checkpoint with the highest epoch number in ``ckpt_dir``, or None."""
+    ckpt_dir = Path(ckpt_dir)
+    if not ckpt_dir.is_dir():
+        return None
+    found = [(int(m.group(1)), p) for p in ckpt_dir.iterdir() if (m := EPOCH_CHECKPOINT_PATTERN.search(p.name))]
+    return max(found)[1] if found else None
+
+
+class ResumeFromLatestCheckpoint:
+    """Resume an interrupted run from the newest ``checkpoint_epoch=N.pt`` in ``ckpt_dir`` (if ``enabled``).
+
+    Loading (network, optimizer, scheduler, trainer state, early-stopping and best-model tracking) is done by MONAI's
+    CheckpointLoader; this handler only finds the file. Must be the first trainer handler so the state is restored
+    before anything else reads it.
+
+    Args:
+        ckpt_dir: folder of the per-epoch checkpoints.
+        load_dict: objects to restore, the same dict the per-epoch CheckpointSaver saves.
+        enabled: False starts from scratch even if checkpoints exist.
+        map_location: device for loading.
+    """
+
+    def __init__(
+        self, ckpt_dir: str | Path, load_dict: dict[str, Any], enabled: bool = True, map_location: Any = None
+    ) -> None:
+        self.ckpt_dir = Path(ckpt_dir)
+        self.load_dict = load_dict
+        self.enabled = enabled
+        self.map_location = map_location
+        self.loaded_from: Path | None = None
+
+    def attach(self, engine: Engine) -> None:
+        if not self.enabled:
+            return
+        latest = latest_epoch_checkpoint(self.ckpt_dir)
+        if latest is None:
+            return
+        logger.info(f"Resuming training from {latest}.")
+        CheckpointLoader(load_path=str(latest), load_dict=self.load_dict, map_location=self.map_location).attach(engine)
+        self.loaded_from = latest

@@ -1,0 +1,53 @@
+"""Tiny NIfTI datasets written by the tests themselves (the real cohorts cannot be downloaded here)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+
+
+def write_tiny_dataset(
+    root: Path,
+    subjects_per_partition: dict[str, int] | None = None,
+    scans_per_subject: int = 1,
+    size: int = 32,
+    seed: int = 0,
+    nan_image_ids: tuple[str, ...] = (),
+) -> Path:
+    """Write random volumes and ``datalist.json`` under ``root``; returns the datalist path.
+
+    Subjects alternate CN/AD; AD volumes carry a darker central block so a model has something to learn.
+    Images listed in ``nan_image_ids`` are filled with NaN to exercise the non-finite loss guard.
+    """
+    subjects_per_partition = subjects_per_partition or {"training": 4, "validation": 2, "test": 2}
+    rng = np.random.default_rng(seed)
+    (root / "images").mkdir(parents=True, exist_ok=True)
+    datalist: dict[str, list[dict]] = {}
+    subject_index = 0
+    for partition, n_subjects in subjects_per_partition.items():
+        datalist[partition] = []
+        for _ in range(n_subjects):
+            label = subject_index % 2
+            subject = f"S{subject_index:03d}"
+            subject_index += 1
+            for visit in range(scans_per_subject):
+                image_id = f"I{subject_index:03d}{visit}"
+                volume = rng.normal(1.0, 0.1, size=(size, size, size)).astype(np.float32)
+                if label == 1:
+                    c = size // 2
+                    volume[
+                        c - size // 6 : c + size // 6, c - size // 6 : c + size // 6, c - size // 6 : c + size // 6
+                    ] *= 0.3
+                if image_id in nan_image_ids:
+                    volume[:] = np.nan
+                path = Path("images") / f"{subject}_{image_id}.nii.gz"
+                nib.save(nib.Nifti1Image(volume, np.eye(4)), str(root / path))
+                datalist[partition].append(
+                    {"image": str(path), "label": label, "subject": subject, "image_id": image_id}
+                )
+    datalist_path = root / "datalist.json"
+    datalist_path.write_text(json.dumps(datalist, indent=2))
+    return datalist_path
