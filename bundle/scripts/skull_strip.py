@@ -245,7 +245,7 @@ def resample_to_grid(
     index_map = np.linalg.inv(np.asarray(src_affine, np.float64)) @ np.asarray(dst_affine, np.float64)
     return ndimage.affine_transform(
         np.asarray(data, dtype=np.float32),
-        index_map[:3, :3].T,
+        index_map[:3, :3],
         offset=index_map[:3, 3],
         output_shape=tuple(int(s) for s in dst_shape),
         output=np.float32,

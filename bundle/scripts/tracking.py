@@ -35,7 +35,7 @@ PRIVACY_SETTINGS: dict[str, Any] = {
     "save_code": False,
     "x_save_requirements": False,  # pip freeze can list file:// paths that contain the user's home directory
     "console": "off",  # console logs hold absolute paths (and so usernames); the metrics are logged explicitly
-    # without this wandb fills in socket.gethostname() and stores it in the run record
+    "host": "",  # without this wandb fills in socket.gethostname() and stores it in the run record
 }
 
 OFFLINE_BY_DEFAULT = "offline"
@@ -214,9 +214,6 @@ class WandbHandler:
                 settings=wandb.Settings(**{**PRIVACY_SETTINGS, **self.settings}),
                 mode=mode,
             )
-            self._defined.clear()
-            self._failed_calls.clear()
-            self.run.define_metric("epoch")
         except Exception as e:  # tracking must never stop training
             self.run = None
             message = (
@@ -224,6 +221,10 @@ class WandbHandler:
             )
             logger.warning(message)
             warnings.warn(message, WandbTrackingWarning, stacklevel=2)
+            return
+        self._defined.clear()
+        self._failed_calls.clear()
+        self._call("define_metric", self.run.define_metric, "epoch")
 
     def completed(self, engine: Engine) -> None:
         """Log the checkpoints as a ``"model"`` artifact, then finish the run."""
@@ -236,7 +237,9 @@ class WandbHandler:
         """Finish the run with exit code 1, then re-raise ``e``.
 
         Ignite only re-raises by itself when *no* ``EXCEPTION_RAISED`` handler is registered, so this handler must
-        re-raise (as MONAI's ``StatsHandler`` does) or the failure would be swallowed.
+        re-raise (as MONAI's ``StatsHandler`` does) or the failure would be swallowed. Because the first handler to
+        re-raise ends the chain, list this handler before ``StatsHandler`` in ``train#handlers``; otherwise the run
+        is closed by wandb's own exit hook when the process ends.
         """
         if self.run is not None:
             self._finish(exit_code=1)

@@ -1,0 +1,145 @@
+"""Time the per-volume chain (``bundle/configs/preprocess.json``) step by step on a head-sized 1 mm volume.
+
+SynthStrip's weights cannot be shipped, so unless ``--synthstrip-weights`` is given the network is replaced by a
+stand-in that returns the phantom's exact signed distance on the conformed grid. Everything around the network
+(conforming, intensity scaling, resampling back, mask clean-up) runs for real and is timed; the stand-in's own time
+is subtracted, and one forward pass of the real architecture (random weights) is timed separately.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import torch
+from scipy import ndimage
+from torch import nn
+
+HEAD_SHAPE = (180, 220, 180)
+
+
+def head_phantom(
+    shape: tuple[int, int, int] = HEAD_SHAPE, spacing: float = 1.0, seed: int = 0, bias_strength: float = 1.0
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A T1-like head: white matter core, grey matter shell, CSF, skull and scalp, a smooth multiplicative bias field
+    (``bias_strength`` 0 for none) and noise. Returns ``(image, brain_mask, affine)``; the affine is RAS, centred on
+    the head."""
+    rng = np.random.default_rng(seed)
+    axes = [(np.arange(n) - (n - 1) / 2) * spacing for n in shape]
+    x, y, z = np.meshgrid(*axes, indexing="ij")
+    semi_axes = np.array([68.0, 85.0, 70.0])  # brain half-widths in mm (left-right, front-back, up-down)
+    radius = np.sqrt((x / semi_axes[0]) ** 2 + (y / semi_axes[1]) ** 2 + (z / semi_axes[2]) ** 2)
+    brain = radius < 1.0
+    image = np.zeros(shape, np.float32)
+    image[radius < 1.18] = 0.15  # scalp fat and skin
+    image[radius < 1.10] = 0.05  # skull (dark on T1)
+    image[radius < 1.05] = 0.20  # CSF
+    image[brain] = 0.55  # grey matter
+    image[radius < 0.75] = 0.85  # white matter
+    folds = ndimage.gaussian_filter(rng.standard_normal(shape).astype(np.float32), 3.0)
+    image[brain & (radius > 0.75)] += 2.0 * folds[brain & (radius > 0.75)]
+    bias = np.exp(bias_strength * (0.25 * x / semi_axes[0] + 0.2 * y * z / (semi_axes[1] * semi_axes[2])))
+    image = image * bias + 0.02 * rng.standard_normal(shape)
+    affine = np.diag([spacing, spacing, spacing, 1.0])
+    affine[:3, 3] = [-(n - 1) / 2 * spacing for n in shape]
+    return np.clip(image, 0, None).astype(np.float32) * 1000, brain, affine
+
+
+class PhantomDistance(nn.Module):
+    """Stand-in for SynthStripNet: the phantom brain's approximate signed distance (mm) on the conformed grid."""
+
+    def __init__(self, semi_axes=(68.0, 85.0, 70.0)) -> None:
+        super().__init__()
+        self.semi_axes = np.asarray(semi_axes)
+        self.grid_affine: np.ndarray | None = None
+        self.anchor = nn.Parameter(torch.zeros(1))  # gives the module a device
+        self.seconds: list[float] = []
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        start = time.perf_counter()
+        shape = x.shape[2:]
+        ijk = np.stack(np.meshgrid(*[np.arange(n, dtype=np.float32) for n in shape], indexing="ij"), -1)
+        world = ijk @ self.grid_affine[:3, :3].T.astype(np.float32) + self.grid_affine[:3, 3].astype(np.float32)
+        radius = np.sqrt(((world / self.semi_axes.astype(np.float32)) ** 2).sum(-1))
+        distance = (radius - 1.0) * float(self.semi_axes.min())
+        self.seconds.append(time.perf_counter() - start)
+        return torch.from_numpy(distance)[None, None]
+
+
+def run_benchmark(repeats: int = 1, synthstrip_weights: Path | None = None, time_forward: bool = True) -> dict:
+    """Seconds per step (median over ``repeats``) for one phantom scan, and the total with and without the network."""
+    from scripts import skull_strip
+    from scripts.preprocess import load_chain, run_chain_timed
+
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+    image, _, affine = head_phantom()
+    workdir = Path(".benchmark")
+    workdir.mkdir(exist_ok=True)
+    path = workdir / "phantom_head.nii.gz"
+    # Store it the way a sagittal acquisition often is (P, S, R axes), so the orientation step has work to do.
+    to_psr = nib.orientations.ornt_transform(
+        nib.orientations.axcodes2ornt(("R", "A", "S")), nib.orientations.axcodes2ornt(("P", "S", "R"))
+    )
+    stored = nib.Nifti1Image(image, affine).as_reoriented(to_psr)
+    nib.save(stored, str(path))
+
+    chain = load_chain(synthstrip_weights=str(synthstrip_weights) if synthstrip_weights else None)
+    strip = next(t for t in chain.transforms if isinstance(t, skull_strip.SkullStripd))
+    stand_in = None
+    if synthstrip_weights is None:
+        stand_in = PhantomDistance()
+        original_conform = skull_strip.conform_grid
+
+        def conform_and_remember(volume, affine_, *args, **kwargs):
+            shape, grid_affine = original_conform(volume, affine_, *args, **kwargs)
+            stand_in.grid_affine = grid_affine
+            return shape, grid_affine
+
+        skull_strip.conform_grid = conform_and_remember
+        strip._stripper = lambda volume, affine_: skull_strip.synthstrip_mask(stand_in, volume, affine_, strip.border)
+
+    runs = []
+    try:
+        for _ in range(repeats):
+            if stand_in is not None:
+                stand_in.seconds.clear()
+            _, seconds = run_chain_timed(chain, {"image": str(path)})
+            if stand_in is not None:
+                seconds["SkullStripd"] -= sum(stand_in.seconds)
+            runs.append(seconds)
+    finally:
+        if stand_in is not None:
+            skull_strip.conform_grid = original_conform
+    steps = {name: statistics.median(run[name] for run in runs) for name in runs[0]}
+    result = {"steps": steps, "total_without_network": sum(steps.values())}
+    if time_forward:
+        net = skull_strip.SynthStripNet().eval().to(memory_format=torch.channels_last_3d)
+        volume = torch.rand(1, 1, 256, 256, 256).contiguous(memory_format=torch.channels_last_3d)
+        with torch.inference_mode():
+            start = time.perf_counter()
+            net(volume)
+            result["synthstrip_forward_256"] = time.perf_counter() - start
+    return result
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--repeats", type=int, default=1, help="runs of the chain; the median is reported")
+    parser.add_argument("--synthstrip-weights", type=Path, default=None, help="real synthstrip.1.pt, if you have it")
+    parser.add_argument("--no-forward", action="store_true", help="skip timing a SynthStrip forward pass at 256³")
+    args = parser.parse_args(argv)
+    result = run_benchmark(args.repeats, args.synthstrip_weights, not args.no_forward)
+    print(f"Per-volume chain on a {'x'.join(map(str, HEAD_SHAPE))} 1 mm head, {torch.get_num_threads()} threads:")
+    for name, seconds in result["steps"].items():
+        print(f"  {name:<40s}{seconds:7.2f} s")
+    print(f"  {'total without the SynthStrip network':<40s}{result['total_without_network']:7.2f} s")
+    if "synthstrip_forward_256" in result:
+        print(f"  {'one SynthStrip forward pass (256³)':<40s}{result['synthstrip_forward_256']:7.2f} s")
+
+
+if __name__ == "__main__":
+    main()
