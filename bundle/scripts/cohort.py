@@ -194,7 +194,16 @@ def _apportion(total: int, shares: Sequence[Fraction]) -> list[int]:
 
 
 def _split_targets(total: int, fractions: Mapping[str, Fraction]) -> dict[str, int]:
-    counts = _apportion(total, [fractions[p] for p in DEAL_ORDER])
+    shares = [fractions[p] for p in DEAL_ORDER]
+    counts = _apportion(total, shares)
+    # Small cohorts: rounding can leave a partition with a non-zero fraction empty (6 scans at 80/10/10 gives
+    # 5/0/1), and training without validation cannot select a model. Give such a partition one scan, taken from
+    # the largest, whenever there are enough scans to go round.
+    if total >= sum(1 for share in shares if share > 0):
+        for i, share in enumerate(shares):
+            if share > 0 and counts[i] == 0:
+                counts[max(range(len(counts)), key=lambda j: counts[j])] -= 1
+                counts[i] = 1
     return dict(zip(DEAL_ORDER, counts, strict=True))
 
 

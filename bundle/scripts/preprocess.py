@@ -68,6 +68,38 @@ def _require_meta(data: Mapping, key: Hashable) -> MetaTensor:
     return image
 
 
+class CheckVolumed(MapTransform):
+    """Refuse what the chain cannot turn into a brain volume, with a reason a user can act on: 2D images
+    (localizers), several volumes in one file, NaN/inf voxels, constant (empty) volumes.
+
+    Args:
+        keys: image key(s) to check.
+        min_size: smallest accepted size of each spatial axis, in voxels.
+    """
+
+    def __init__(self, keys: KeysCollection = "image", min_size: int = 8, allow_missing_keys: bool = False) -> None:
+        super().__init__(keys, allow_missing_keys)
+        self.min_size = min_size
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            image = d[key]
+            shape = tuple(image.shape)
+            if len(shape) != 4 or min(shape[1:]) < self.min_size:
+                raise ValueError(
+                    f"Not a 3D volume: spatial shape {shape[1:]} (a 2D image or localizer?); "
+                    f"each axis needs at least {self.min_size} voxels."
+                )
+            if shape[0] != 1:
+                raise ValueError(f"{shape[0]} volumes in one file; expected a single 3D T1 volume.")
+            if not bool(torch.isfinite(torch.as_tensor(image)).all()):
+                raise ValueError("The volume contains NaN or infinite voxels.")
+            if float(image.max()) == float(image.min()):
+                raise ValueError(f"Empty volume: every voxel equals {float(image.max())}.")
+        return d
+
+
 class N4BiasCorrectiond(MapTransform):
     """N4 bias-field correction (ANTs) fitted inside the brain mask; voxels outside the mask keep their value.
 

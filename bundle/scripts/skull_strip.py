@@ -48,7 +48,7 @@ __all__ = [
 
 SYNTHSTRIP_WEIGHTS_NAME = "synthstrip.1.pt"
 OUTSIDE_DISTANCE = 100.0  # mm; voxels the network never saw are treated as far outside the brain
-METHODS = ("synthstrip", "deepbet")
+METHODS = ("synthstrip", "deepbet", "none")
 
 # World (RAS) direction of each voxel axis of the conformed grid: LIA = axis 0 -> Left, 1 -> Inferior, 2 -> Anterior,
 # given as (RAS world axis, sign).
@@ -359,6 +359,11 @@ class _DeepBetStripper:
         return np.asarray(mask_image.dataobj).astype(bool)
 
 
+def _prestripped_mask(volume: np.ndarray, affine: np.ndarray) -> np.ndarray:
+    """For inputs that are already skull-stripped (e.g. OASIS's masked images): the brain is the non-zero voxels."""
+    return np.asarray(volume) != 0
+
+
 # --------------------------------------------------------------------------------------------------------------------
 # MONAI transform
 # --------------------------------------------------------------------------------------------------------------------
@@ -372,7 +377,8 @@ class SkullStripd(MapTransform):
 
     Args:
         keys: image key(s) to strip.
-        method: ``"synthstrip"`` (FreeSurfer weights required) or ``"deepbet"`` (optional package, offline).
+        method: ``"synthstrip"`` (FreeSurfer weights required), ``"deepbet"`` (optional package, offline) or
+            ``"none"`` for inputs that are already skull-stripped (the mask is their non-zero voxels).
         weights: path to ``synthstrip.1.pt``; default ``$FREESURFER_HOME/models/synthstrip.1.pt``. SynthStrip only.
         border: mask boundary in mm from the predicted brain surface (SynthStrip's ``-b``); SynthStrip only.
         mask_key: where to store the mask.
@@ -406,6 +412,8 @@ class SkullStripd(MapTransform):
         if self._stripper is None:
             if self.method == "synthstrip":
                 self._stripper = _SynthStripper(self.weights, self.border, self.device)
+            elif self.method == "none":
+                self._stripper = _prestripped_mask
             else:
                 self._stripper = _DeepBetStripper(self.device)
         return self._stripper
@@ -425,6 +433,8 @@ class SkullStripd(MapTransform):
         affine = reference.affine.detach().cpu().numpy().astype(np.float64)
         volume = reference[0].detach().cpu().numpy().astype(np.float32)
         mask = torch.from_numpy(self.stripper(volume, affine))
+        if not bool(mask.any()):
+            raise ValueError(f"Skull stripping ({self.method}) found no brain: the mask is empty.")
         for key in keys:
             image = d[key]
             if tuple(image.shape[1:]) != tuple(mask.shape):
