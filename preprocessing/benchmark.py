@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import tempfile
 import time
 from pathlib import Path
 
@@ -77,9 +78,8 @@ def run_benchmark(repeats: int = 1, synthstrip_weights: Path | None = None, time
 
     torch.set_num_threads(max(1, torch.get_num_threads()))
     image, _, affine = head_phantom()
-    workdir = Path(".benchmark")
-    workdir.mkdir(exist_ok=True)
-    path = workdir / "phantom_head.nii.gz"
+    workdir = tempfile.TemporaryDirectory(prefix="chain_benchmark_")
+    path = Path(workdir.name) / "phantom_head.nii.gz"
     # Store it the way a sagittal acquisition often is (P, S, R axes), so the orientation step has work to do.
     to_psr = nib.orientations.ornt_transform(
         nib.orientations.axcodes2ornt(("R", "A", "S")), nib.orientations.axcodes2ornt(("P", "S", "R"))
@@ -112,6 +112,7 @@ def run_benchmark(repeats: int = 1, synthstrip_weights: Path | None = None, time
                 seconds["SkullStripd"] -= sum(stand_in.seconds)
             runs.append(seconds)
     finally:
+        workdir.cleanup()
         if stand_in is not None:
             skull_strip.conform_grid = original_conform
     steps = {name: statistics.median(run[name] for run in runs) for name in runs[0]}

@@ -182,3 +182,46 @@ def test_split_writes_a_balanced_subject_level_datalist_and_folds(batch):
 def test_every_command_answers_help(command):
     result = cli(*command, "-h")
     assert "usage: python -m preprocessing" in result.stdout
+
+
+def test_benchmark_chain_without_network_within_30_seconds():
+    result = cli("benchmark", "--no-forward")
+    line = next(x for x in result.stdout.splitlines() if "total without the SynthStrip network" in x)
+    seconds = float(line.split()[-2])
+    assert 0.5 < seconds < 30.0, result.stdout
+    assert "N4BiasCorrectiond" in result.stdout and "180x220x180 1 mm head" in result.stdout
+
+
+def test_discover_lists_usable_scans_without_processing(batch, tmp_path):
+    root, _, _, _ = batch
+    result = cli(
+        "discover",
+        "--adni",
+        str(root / "ADNI"),
+        "--collection-csv",
+        str(root / "collection.csv"),
+        "--out",
+        str(tmp_path),
+    )
+    scans = json.loads((tmp_path / "scans.json").read_text())
+    assert len(scans) == 16 and {s["group"] for s in scans} == {"AD", "CN"}
+    assert "Found 16 scans of 16 subjects" in result.stdout
+    assert not (tmp_path / "images").exists()
+
+
+def test_nifti_folder_with_csv_is_accepted(tmp_path):
+    folder = tmp_path / "converted"
+    folder.mkdir()
+    rows = ["path,subject,label"]
+    for i, label in enumerate(["AD", "CN"]):
+        volume = brain_volume(i, atrophy=label == "AD").astype(np.float32)
+        nib.save(nib.Nifti1Image(volume, np.diag([1.5, 1.5, 1.5, 1.0])), str(folder / f"scan{i}.nii.gz"))
+        rows.append(f"scan{i}.nii.gz,sub{i},{label}")
+    (folder / "scans.csv").write_text("\n".join(rows) + "\n")
+    out = tmp_path / "out"
+    cli("run", "--nifti-csv", str(folder / "scans.csv"), "--out", str(out), "--skull-stripper", "none",
+        "--spatial-size", "16", "--no-qc", "--workers", "1")  # fmt: skip
+    rows_out = manifest(out)
+    assert [r["status"] for r in rows_out.values()] == ["ok", "ok"]
+    assert {r["label"] for r in rows_out.values()} == {"0", "1"}
+    assert all(nib.load(r["output"]).shape == (16, 16, 16) for r in rows_out.values())
