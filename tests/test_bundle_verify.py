@@ -108,7 +108,5 @@ def test_network_is_defined_identically_for_training_and_inference():
         assert train[key] == infer[key], key
     assert infer["network_def"]["weights"] is None  # inference loads model.pt, never the video weights
     # Validation/test and inference normalise the same way (z-normalisation only).
-    assert (
-        infer["preprocessing"]["transforms"]
-        == train["train"]["deterministic_transforms"] + train["train"]["normalization"]
-    )
+    assert infer["load"] == train["train"]["deterministic_transforms"]
+    assert infer["normalization"] == train["train"]["normalization"]

@@ -73,6 +73,11 @@ def test_training_saves_three_kinds_of_checkpoint(trained):
     assert [g["lr"] for g in epoch["optimizer"]["param_groups"]] == pytest.approx([6.545e-4, 6.545e-5], rel=1e-3)
     log = result.stdout + result.stderr
     assert "total parameters: 33,148,482; trainable: 24,909,826 (75.15%); frozen: 8,238,656" in log
+    with (run_dir / "eval" / "training_log.csv").open() as f:
+        epochs = list(csv.DictReader(f))
+    assert [int(row["epoch"]) for row in epochs] == [1, 2]
+    assert [float(row["lr_head"]) for row in epochs] == pytest.approx([1e-3, 9.045e-4], rel=1e-3)
+    assert all(0.0 <= float(row["val_accuracy"]) <= 1.0 and float(row["val_loss"]) > 0 for row in epochs)
 
 
 def test_evaluating_writes_metrics_and_per_scan_predictions(trained, dataset):

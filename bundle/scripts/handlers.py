@@ -231,3 +231,65 @@ class ResumeFromLatestCheckpoint:
         logger.info(f"Resuming training from {latest}.")
         CheckpointLoader(load_path=str(latest), load_dict=self.load_dict, map_location=self.map_location).attach(engine)
         self.loaded_from = latest
+
+
+class EpochLogWriter:
+    """Append one row per epoch to ``<output_dir>/training_log.csv``: mean training loss, the trainer's and the
+    validator's metrics, and each param group's learning rate. The file is what training curves are drawn from,
+    whether or not W&B is on, and survives a resume (rows of re-run epochs are replaced, not duplicated).
+
+    Args:
+        output_dir: folder of the CSV.
+        validator: the engine whose metrics (e.g. val_accuracy, val_loss) are logged after each validation.
+    """
+
+    def __init__(self, output_dir: str | Path, validator: Engine | None = None, filename: str = "training_log.csv"):
+        self.path = Path(output_dir) / filename
+        self.validator = validator
+        self._losses: list[float] = []
+        self._learning_rates: dict[str, float] = {}
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.EPOCH_STARTED, self._start_epoch)
+        engine.add_event_handler(Events.ITERATION_COMPLETED, self._collect)
+        engine.add_event_handler(Events.EPOCH_COMPLETED, self._write)
+
+    def _start_epoch(self, engine: Engine) -> None:
+        self._losses = []
+        # Read before the epoch-level scheduler steps at EPOCH_COMPLETED: the rates this epoch trained with.
+        self._learning_rates = {
+            f"lr_{group.get('name', index)}": float(group["lr"])
+            for index, group in enumerate(engine.optimizer.param_groups)
+        }
+
+    def _collect(self, engine: Engine) -> None:
+        output = engine.state.output
+        loss = output["loss"] if isinstance(output, Mapping) else output[0]["loss"]
+        self._losses.append(float(loss))
+
+    def _write(self, engine: Engine) -> None:
+        import csv
+
+        finite = [x for x in self._losses if math.isfinite(x)]
+        row: dict[str, Any] = {"epoch": engine.state.epoch, "train_loss": sum(finite) / len(finite) if finite else None}
+        row.update({k: float(v) for k, v in engine.state.metrics.items() if _is_number(v)})
+        if self.validator is not None and self.validator.state.epoch == engine.state.epoch:
+            row.update({k: float(v) for k, v in self.validator.state.metrics.items() if _is_number(v)})
+        row.update(self._learning_rates)
+        rows = []
+        if self.path.is_file():
+            with self.path.open(newline="") as f:
+                rows = [r for r in csv.DictReader(f) if int(r["epoch"]) < engine.state.epoch]
+        rows.append(row)
+        columns = list(dict.fromkeys(k for r in rows for k in r))
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_name(f".{self.path.name}.tmp")
+        with tmp.open("w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=columns, lineterminator="\n")
+            writer.writeheader()
+            writer.writerows(rows)
+        tmp.replace(self.path)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) or (isinstance(value, torch.Tensor) and value.numel() == 1)
