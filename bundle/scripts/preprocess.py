@@ -147,11 +147,34 @@ class N4BiasCorrectiond(MapTransform):
         return d
 
 
-class ResampleToSpacingd(MapTransform):
-    """Resample to isotropic voxels with ANTs (``ants.resample_image(..., use_voxels=False)``).
+class _Interpolated(MapTransform):
+    """Shared loop of the two interpolating steps: each key is interpolated on its own, masks (``nearest_keys``)
+    with nearest neighbour, images with a cubic spline clipped to their input range (splines overshoot at edges)."""
 
-    Images use a cubic B-spline clipped to the input's intensity range (B-splines overshoot at edges); masks
-    (``nearest_keys``) use nearest neighbour.
+    def __init__(self, keys: KeysCollection, nearest_keys: Sequence[str], allow_missing_keys: bool) -> None:
+        super().__init__(keys, allow_missing_keys)
+        self.nearest_keys = set(nearest_keys)
+
+    def interpolate(self, source: np.ndarray, affine: np.ndarray, nearest: bool) -> tuple[np.ndarray, np.ndarray]:
+        """The interpolated array and its RAS affine."""
+        raise NotImplementedError
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            image = _require_meta(d, key)
+            source = image[0].numpy().astype(np.float32)
+            nearest = key in self.nearest_keys
+            array, affine = self.interpolate(source, np.asarray(image.affine, dtype=np.float64), nearest)
+            if not nearest:
+                array = np.clip(array, source.min(), source.max())
+            d[key] = _with_array(image, array.astype(np.float32), affine)
+        return d
+
+
+class ResampleToSpacingd(_Interpolated):
+    """Resample to isotropic voxels with ANTs (``ants.resample_image(..., use_voxels=False)``): cubic B-spline for
+    images, nearest neighbour for masks.
 
     Args:
         keys: keys to resample (images and masks alike, all on one grid).
@@ -166,31 +189,19 @@ class ResampleToSpacingd(MapTransform):
         nearest_keys: Sequence[str] = ("brain_mask",),
         allow_missing_keys: bool = False,
     ) -> None:
-        super().__init__(keys, allow_missing_keys)
+        super().__init__(keys, nearest_keys, allow_missing_keys)
         self.spacing = tuple(float(s) for s in np.broadcast_to(np.asarray(spacing, dtype=float), (3,)))
-        self.nearest_keys = set(nearest_keys)
 
-    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
-        d = dict(data)
-        for key in self.key_iterator(d):
-            image = _require_meta(d, key)
-            source = image[0].numpy().astype(np.float32)
-            nearest = key in self.nearest_keys
-            resampled = ants.resample_image(
-                to_ants(source, image.affine), self.spacing, use_voxels=False, interp_type=1 if nearest else 4
-            )
-            array = resampled.numpy()
-            if not nearest:
-                array = np.clip(array, source.min(), source.max())
-            d[key] = _with_array(image, array.astype(np.float32), ras_affine(resampled))
-        return d
+    def interpolate(self, source: np.ndarray, affine: np.ndarray, nearest: bool) -> tuple[np.ndarray, np.ndarray]:
+        resampled = ants.resample_image(
+            to_ants(source, affine), self.spacing, use_voxels=False, interp_type=1 if nearest else 4
+        )
+        return resampled.numpy(), ras_affine(resampled)
 
 
-class CubicResized(MapTransform):
+class CubicResized(_Interpolated):
     """Resize to a fixed shape with cubic spline interpolation (``scipy.ndimage.zoom(order=3)``, as the dissertation
-    did), keeping the world extent: the affine's voxel size changes by the zoom factor.
-
-    Images are clipped to their input range after interpolation; ``nearest_keys`` (masks) use order 0.
+    did; MONAI's Resize has no cubic mode in 3D), keeping the world extent: the voxel size changes by the zoom factor.
 
     Args:
         keys: keys to resize.
@@ -205,22 +216,13 @@ class CubicResized(MapTransform):
         nearest_keys: Sequence[str] = ("brain_mask",),
         allow_missing_keys: bool = False,
     ) -> None:
-        super().__init__(keys, allow_missing_keys)
+        super().__init__(keys, nearest_keys, allow_missing_keys)
         self.spatial_size = tuple(int(s) for s in np.broadcast_to(np.asarray(spatial_size), (3,)))
-        self.nearest_keys = set(nearest_keys)
 
-    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
-        d = dict(data)
-        for key in self.key_iterator(d):
-            image = _require_meta(d, key)
-            source = image[0].numpy().astype(np.float32)
-            factors = [t / s for t, s in zip(self.spatial_size, source.shape, strict=True)]
-            nearest = key in self.nearest_keys
-            array = ndimage.zoom(source, factors, order=0 if nearest else 3, mode="nearest", grid_mode=True)
-            if not nearest:
-                array = np.clip(array, source.min(), source.max())
-            d[key] = _with_array(image, array.astype(np.float32), _zoomed_affine(np.asarray(image.affine), factors))
-        return d
+    def interpolate(self, source: np.ndarray, affine: np.ndarray, nearest: bool) -> tuple[np.ndarray, np.ndarray]:
+        factors = [t / s for t, s in zip(self.spatial_size, source.shape, strict=True)]
+        array = ndimage.zoom(source, factors, order=0 if nearest else 3, mode="nearest", grid_mode=True)
+        return array, _zoomed_affine(affine, factors)
 
 
 def _zoomed_affine(affine: np.ndarray, factors: Sequence[float]) -> np.ndarray:
