@@ -50,12 +50,13 @@ CLINICIAN_REFERENCES: tuple[ClinicianReference, ...] = (
             "pooled estimates (pooled AUC 0.88)"
         ),
         citation=(
-            "Diagnostic performance of the medial temporal lobe atrophy scale in patients with Alzheimer's disease: "
-            "a systematic review and meta-analysis. Eur Radiol. 2021;31(12):9060-9072. "
+            "Park HY, Park CR, Suh CH, Shim WH, Kim SJ. Diagnostic performance of the medial temporal lobe atrophy "
+            "scale in patients with Alzheimer's disease: a systematic review and meta-analysis. "
+            "Eur Radiol. 2021;31(12):9060-9072. "
             "doi:10.1007/s00330-021-08227-8 (PMID 34510246)"
         ),
         url="https://pubmed.ncbi.nlm.nih.gov/34510246/",
-        note="Author list not verified here; cite from the PubMed record.",
+        note="",
     ),
     ClinicianReference(
         key="kloppel_2008_set1",
