@@ -142,6 +142,44 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_synth(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from preprocessing import synthetic
+
+    if args.min_visits > args.max_visits:
+        sys.exit(f"error: --min-visits {args.min_visits} is more than --max-visits {args.max_visits}")
+    try:
+        info = synthetic.generate_cohort(
+            args.out,
+            n_subjects=args.subjects,
+            ad_fraction=args.ad_fraction,
+            visits=(args.min_visits, args.max_visits),
+            atrophy=args.atrophy,
+            seed=args.seed,
+            broken=args.broken,
+            workers=args.workers,
+            progress=tqdm,
+            voxel_size=tuple(args.voxel_size),
+            overwrite=args.overwrite,
+        )
+    except (FileExistsError, ValueError) as error:
+        sys.exit(f"error: {error}")
+    print(f"Synthetic cohort: {info.n_scans} scans of {info.n_subjects} subjects in {info.seconds:.0f} s "
+          f"({info.seconds_per_scan:.1f} s per scan)")  # fmt: skip
+    for group, counts in info.groups.items():
+        print(f"  {group}: {counts['scans']} scans, {counts['subjects']} subjects")
+    if info.broken:
+        print(f"  plus {len(info.broken)} broken images on purpose:")
+        for item in info.broken:
+            print(f"    {item['image_id']} ({item['subject']}, {item['kind']}): {item['expected']}")
+    print(f"ADNI folder:    {info.adni_dir}")
+    print(f"Collection CSV: {info.collection_csv}")
+    print(f"Ground truth:   {info.truth_dir} (cohort.json, *_regions.nii.gz, *_truth.json)")
+    print(f"Next: python -m preprocessing run --adni {info.adni_dir} --collection-csv {info.collection_csv} --out OUT")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m preprocessing", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -178,6 +216,28 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--synthstrip-weights", type=Path)
     bench.add_argument("--no-forward", action="store_true", help="do not time a SynthStrip forward pass")
     bench.set_defaults(func=cmd_benchmark)
+
+    synth = commands.add_parser(
+        "synth", help="write a synthetic ADNI-like cohort with known atrophy (DICOM, collection CSV, ground truth)"
+    )
+    synth.add_argument("--out", type=Path, required=True, help="output folder (ADNI/, collection.csv, truth/)")
+    synth.add_argument("--subjects", type=int, default=40, help="number of subjects (default 40)")
+    synth.add_argument("--ad-fraction", type=float, default=0.5, help="fraction of AD subjects (default 0.5)")
+    synth.add_argument("--min-visits", type=int, default=1, help="fewest visits per subject (default 1)")
+    synth.add_argument("--max-visits", type=int, default=4, help="most visits per subject, at most 4 (default 4)")
+    synth.add_argument(
+        "--atrophy", type=float, default=0.18,
+        help="AD hippocampal volume loss from disease at the first visit, 0..0.4 (default 0.18; 0: no AD effect)",
+    )  # fmt: skip
+    synth.add_argument("--seed", type=int, default=0, help="random seed: the same seed writes the same files")
+    synth.add_argument("--broken", action="store_true", help="add broken images (missing slice, localizer, ...)")
+    synth.add_argument("--workers", type=int, default=None, help="worker processes (default: one per CPU core)")
+    synth.add_argument(
+        "--voxel-size", type=float, nargs=2, default=[1.0, 1.25], metavar=("MIN", "MAX"),
+        help="range of voxel sizes in mm, drawn per subject (default 1.0 1.25)",
+    )  # fmt: skip
+    synth.add_argument("--overwrite", action="store_true", help="replace a cohort already in --out")
+    synth.set_defaults(func=cmd_synth)
     return parser
 
 
