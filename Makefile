@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: test lint format clean-venv
+.PHONY: test demo lint format clean-venv
 
 $(STAMP): requirements.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -22,6 +22,10 @@ format: $(STAMP)
 
 test: $(STAMP) lint
 	$(PY) -m pytest tests
+
+# The whole pipeline on a synthetic cohort (demo.sh; settings through DEMO_* variables, see its header).
+demo: $(STAMP)
+	PYTHON=$(abspath $(PY)) bash demo.sh
 
 clean-venv:
 	rm -rf $(VENV)

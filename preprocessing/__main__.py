@@ -73,7 +73,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     report = adni.write_discovery_report(discovery, args.out / "discovery.txt")
     _print_discovery(discovery, report)
-    overrides = {"skull_stripper": args.skull_stripper, "spatial_size": args.spatial_size}
+    overrides = {"skull_stripper": args.skull_stripper, "spatial_size": args.spatial_size, "spacing": args.spacing}
     if args.synthstrip_weights:
         overrides["synthstrip_weights"] = str(args.synthstrip_weights)
     if args.skull_stripper == "synthstrip":
@@ -199,6 +199,9 @@ def build_parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     run.add_argument("--synthstrip-weights", type=Path, help="synthstrip.1.pt (default: $FREESURFER_HOME/models/)")
     run.add_argument("--spatial-size", type=int, default=128, help="edge of the output cube in voxels (default 128)")
+    run.add_argument(
+        "--spacing", type=float, default=1.0, help="isotropic resampling before the crop, in mm (default 1.0)"
+    )
     run.add_argument("--no-qc", action="store_true", help="skip the QC pictures")
     run.set_defaults(func=cmd_run)
 
