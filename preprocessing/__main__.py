@@ -1,4 +1,4 @@
-"""Command line of the data preparation: ``python -m preprocessing {discover,run,split,benchmark} -h``."""
+"""Command line of the data preparation: ``python -m preprocessing {discover,run,split,benchmark,synth} -h``."""
 
 from __future__ import annotations
 
