@@ -11,15 +11,16 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "$0")" && pwd)"
 PY="${PYTHON:-$ROOT/.venv/bin/python}"
 OUT="$(mkdir -p "${DEMO_OUT:-$ROOT/demo}" && cd "${DEMO_OUT:-$ROOT/demo}" && pwd)"
-SUBJECTS="${DEMO_SUBJECTS:-100}"         # synthetic subjects (half AD)
+SUBJECTS="${DEMO_SUBJECTS:-160}"         # synthetic subjects (half AD)
 MAX_VISITS="${DEMO_MAX_VISITS:-1}"       # visits per subject at most (1-4; more subjects teach more than more visits)
 VOXEL_SIZE="${DEMO_VOXEL_SIZE:-2.0 2.5}" # acquisition voxel sizes (mm), drawn per subject (generator default 1.0 1.25)
 ATROPHY="${DEMO_ATROPHY:-0.35}"          # AD hippocampal volume loss at the first visit (generator default 0.18)
+VENTRICLE_RATIO="${DEMO_VENTRICLE_RATIO:-3.0}" # AD ventricular growth per unit of it: about 2x (generator default 1.7)
 SPACING="${DEMO_SPACING:-2.0}"           # resampling before the crop, mm (the paper's is 1.0)
 SIZE="${DEMO_SIZE:-32}"                  # model input size (the paper's is 128)
-EPOCHS="${DEMO_EPOCHS:-25}"              # most training epochs
+EPOCHS="${DEMO_EPOCHS:-10}"              # training epochs: two cosine cycles of 5 (T_0 of the recipe)
 PATIENCE="${DEMO_PATIENCE:-10}"          # early-stopping patience in epochs (the paper's is 5)
-FRACTIONS="${DEMO_FRACTIONS:-0.6 0.2 0.2}" # train/val/test shares (the paper: 0.8 0.1 0.1; more test subjects here)
+FRACTIONS="${DEMO_FRACTIONS:-0.6 0.15 0.25}" # train/val/test shares (the paper: 0.8 0.1 0.1; more test subjects here)
 SEED="${DEMO_SEED:-0}"
 WORKERS="${DEMO_WORKERS:-$(nproc)}"
 
@@ -32,7 +33,7 @@ if [[ -f "$OUT/cohort/truth/cohort.json" ]]; then
 else
     # shellcheck disable=SC2086  # VOXEL_SIZE is two numbers
     "$PY" -m preprocessing synth --out "$OUT/cohort" --subjects "$SUBJECTS" --max-visits "$MAX_VISITS" \
-        --voxel-size $VOXEL_SIZE --atrophy "$ATROPHY" --seed "$SEED" --workers "$WORKERS" --overwrite
+        --voxel-size $VOXEL_SIZE --atrophy "$ATROPHY" --ventricle-ratio "$VENTRICLE_RATIO" --seed "$SEED" --workers "$WORKERS" --overwrite
 fi
 
 say "2/6 Conversion and the per-volume chain: deepbet skull stripping; $SPACING mm and ${SIZE}^3 (the paper: 1 mm, 128^3) for CPU time"

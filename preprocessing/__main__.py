@@ -156,6 +156,7 @@ def cmd_synth(args: argparse.Namespace) -> int:
             ad_fraction=args.ad_fraction,
             visits=(args.min_visits, args.max_visits),
             atrophy=args.atrophy,
+            ventricle_ratio=args.ventricle_ratio,
             seed=args.seed,
             broken=args.broken,
             workers=args.workers,
@@ -231,6 +232,10 @@ def build_parser() -> argparse.ArgumentParser:
     synth.add_argument(
         "--atrophy", type=float, default=0.18,
         help="AD hippocampal volume loss from disease at the first visit, 0..0.4 (default 0.18; 0: no AD effect)",
+    )  # fmt: skip
+    synth.add_argument(
+        "--ventricle-ratio", type=float, default=1.7,
+        help="AD lateral ventricular growth per unit of hippocampal loss, 0..4 (default 1.7: atrophy 0.18 -> +31 %%)",
     )  # fmt: skip
     synth.add_argument("--seed", type=int, default=0, help="random seed: the same seed writes the same files")
     synth.add_argument("--broken", action="store_true", help="add broken images (missing slice, localizer, ...)")

@@ -71,6 +71,9 @@ VISIT_MONTHS: tuple[tuple[str, int], ...] = (("sc", 0), ("m06", 6), ("m12", 12),
 #: visit and up to ~32 % by m24; ventricles 30-65 % larger; CN change a few % (see plan_cohort).
 DEFAULT_ATROPHY = 0.18
 
+#: Default lateral ventricular growth of AD per unit of hippocampal loss from disease (0.18 -> about +30 %).
+DEFAULT_VENTRICLE_RATIO = 1.7
+
 #: Series description of every good scan (and the folder name ADNI gives it).
 MPRAGE = "MPRAGE"
 #: Kinds of broken scans written with ``broken=True``, and what the pipeline should say about each.
@@ -422,14 +425,16 @@ def plan_cohort(
     seed: int = 0,
     broken: bool = False,
     voxel_size: tuple[float, float] = (1.0, 1.25),
+    ventricle_ratio: float = DEFAULT_VENTRICLE_RATIO,
 ) -> list[SubjectPlan]:
     """Subjects, visits and nominal atrophy of a cohort, deterministic for ``seed`` (cheap: nothing is rendered).
 
     AD subjects lose ``atrophy`` (x U(0.85, 1.15)) of their hippocampal volume from disease by the first visit, and
     ``atrophy`` x U(0.12, 0.2) more of what remains per year; the medial temporal lobe loses 0.45 times as much and
-    the lateral ventricles grow by 1.7 times the hippocampal loss. Everyone (CN too) gets an age-related change on
-    top: per year over 60, 0.25 % hippocampal and 0.15 % MTL loss and 0.5 % ventricular growth. ``voxel_size`` is the
-    range of in-plane and slice spacings (drawn per subject; the same scanner at every visit).
+    the lateral ventricles grow by ``ventricle_ratio`` (default 1.7) times the hippocampal loss. Everyone (CN too)
+    gets an age-related change on top: per year over 60, 0.25 % hippocampal and 0.15 % MTL loss and 0.5 % ventricular
+    growth. ``voxel_size`` is the range of in-plane and slice spacings (drawn per subject; the same scanner at every
+    visit).
     """
     if n_subjects < 1:
         raise ValueError("n_subjects must be at least 1")
@@ -439,6 +444,8 @@ def plan_cohort(
         raise ValueError(f"visits must be a range within 1..{len(VISIT_MONTHS)}, got {visits}")
     if not 0.0 <= atrophy <= 0.4:
         raise ValueError("atrophy (hippocampal volume loss of AD subjects at baseline) must be within 0..0.4")
+    if not 0.0 <= ventricle_ratio <= 4.0:
+        raise ValueError("ventricle_ratio (ventricular growth per unit of hippocampal loss) must be within 0..4")
     if not 0.5 <= voxel_size[0] <= voxel_size[1] <= 4.0:
         raise ValueError(f"voxel_size must be a range within 0.5..4 mm, got {voxel_size}")
 
@@ -478,7 +485,7 @@ def plan_cohort(
                 disease = 1.0 - (1.0 - atrophy * severity) * (1.0 - atrophy * rate) ** years
             hippocampus = 1.0 - (1.0 - 0.0025 * over_60) * (1.0 - disease)
             mtl = 1.0 - (1.0 - 0.0015 * over_60) * (1.0 - 0.45 * disease)
-            ventricles = (1.0 + 0.005 * over_60) * (1.0 + 1.7 * disease) - 1.0
+            ventricles = (1.0 + 0.005 * over_60) * (1.0 + ventricle_ratio * disease) - 1.0
             visit_plans.append(
                 VisitPlan(
                     image_id=new_image_id(),
@@ -890,12 +897,14 @@ def generate_cohort(
     progress: Callable[..., Iterable] | None = None,
     voxel_size: tuple[float, float] = (1.0, 1.25),
     overwrite: bool = False,
+    ventricle_ratio: float = DEFAULT_VENTRICLE_RATIO,
 ) -> CohortInfo:
     """Write a synthetic ADNI-like cohort under ``out``: ``ADNI/`` (DICOM), ``collection.csv`` and ``truth/``.
 
     ``n_subjects`` subjects, ``ad_fraction`` of them AD, each with ``visits`` (min, max) visits among sc, m06, m12,
-    m24; ``atrophy`` is the AD hippocampal volume loss from disease at the first visit (see :func:`plan_cohort`; 0
-    makes AD anatomically identical to CN of the same age). ``broken`` adds the scans of :data:`BROKEN_KINDS` as
+    m24; ``atrophy`` is the AD hippocampal volume loss from disease at the first visit and ``ventricle_ratio`` the
+    ventricular growth per unit of it (see :func:`plan_cohort`; atrophy 0 makes AD anatomically identical to CN of
+    the same age). ``broken`` adds the scans of :data:`BROKEN_KINDS` as
     extra images. Subjects are rendered in ``workers`` processes (default: one per CPU core); the files do not
     depend on it. ``progress`` wraps an iterable like ``tqdm`` does. An existing cohort in ``out`` is replaced only
     with ``overwrite``.
@@ -909,7 +918,7 @@ def generate_cohort(
     for path in existing:
         shutil.rmtree(path) if path.is_dir() else path.unlink()
 
-    plans = plan_cohort(n_subjects, ad_fraction, visits, atrophy, seed, broken, voxel_size)
+    plans = plan_cohort(n_subjects, ad_fraction, visits, atrophy, seed, broken, voxel_size, ventricle_ratio)
     template = load_template()  # loaded before the workers start, so forked workers share it
     workers = max(1, min(workers or os.cpu_count() or 1, len(plans)))
     progress = progress or (lambda iterable, **_: iterable)
@@ -929,7 +938,7 @@ def generate_cohort(
     _write_collection_csv(collection_csv, plans, records)
     _write_cohort_json(truth_dir / "cohort.json", plans, records, template, {
         "n_subjects": n_subjects, "ad_fraction": ad_fraction, "visits": list(visits), "atrophy": atrophy,
-        "seed": seed, "broken": broken, "voxel_size_range_mm": list(voxel_size),
+        "ventricle_ratio": ventricle_ratio, "seed": seed, "broken": broken, "voxel_size_range_mm": list(voxel_size),
     })  # fmt: skip
     groups: dict[str, dict[str, int]] = {}
     for group in ("AD", "CN"):

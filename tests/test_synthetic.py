@@ -87,6 +87,23 @@ def test_plan_has_adni_like_identifiers_demographics_and_visits():
             assert losses[-1] < 0.1
 
 
+def test_ventricle_ratio_scales_only_the_ad_ventricular_growth():
+    default = synthetic.plan_cohort(n_subjects=20, seed=5)
+    stronger = synthetic.plan_cohort(n_subjects=20, seed=5, ventricle_ratio=3.0)
+    for plan, strong in zip(default, stronger, strict=True):
+        for visit, strong_visit in zip(plan.visits, strong.visits, strict=True):
+            assert strong_visit.hippocampus_loss == visit.hippocampus_loss  # the hippocampi are not touched
+            age_part = 1.0 + 0.005 * max(visit.age - 60.0, 0.0)
+            disease = 1.0 - (1.0 - visit.hippocampus_loss) / (1.0 - 0.0025 * max(visit.age - 60.0, 0.0))
+            if plan.group == "AD":
+                assert strong_visit.ventricle_growth == pytest.approx(age_part * (1 + 3.0 * disease) - 1, abs=1e-4)
+                assert strong_visit.ventricle_growth > visit.ventricle_growth + 1.2 * disease > visit.ventricle_growth
+            else:
+                assert strong_visit.ventricle_growth == visit.ventricle_growth  # CN: age-related growth only
+    with pytest.raises(ValueError, match="ventricle_ratio"):
+        synthetic.plan_cohort(n_subjects=2, ventricle_ratio=5.0)
+
+
 def test_default_geometry_is_a_sagittal_non_ras_whole_head_acquisition(template):
     # The scalp's outer surface (at most 17 mm from the brain) above the neck, in MNI mm.
     surface = np.argwhere((template.distance > 13.0) & (template.distance <= 17.0))[::7]
