@@ -27,13 +27,14 @@ WORKERS="${DEMO_WORKERS:-$(nproc)}"
 say() { printf '\n== %s\n' "$*"; }
 START=$SECONDS
 
-say "1/6 Synthetic cohort: $SUBJECTS subjects, up to $MAX_VISITS visits, voxels $VOXEL_SIZE mm -> $OUT/cohort"
+say "1/6 Synthetic cohort: $SUBJECTS subjects, up to $MAX_VISITS visits, voxels $VOXEL_SIZE mm, AD hippocampal loss $ATROPHY and ventricular growth $VENTRICLE_RATIO times that (stronger than typical AD, to learn from few subjects) -> $OUT/cohort"
 if [[ -f "$OUT/cohort/truth/cohort.json" ]]; then
     echo "already there (delete $OUT to start over)"
 else
     # shellcheck disable=SC2086  # VOXEL_SIZE is two numbers
     "$PY" -m preprocessing synth --out "$OUT/cohort" --subjects "$SUBJECTS" --max-visits "$MAX_VISITS" \
-        --voxel-size $VOXEL_SIZE --atrophy "$ATROPHY" --ventricle-ratio "$VENTRICLE_RATIO" --seed "$SEED" --workers "$WORKERS" --overwrite
+        --voxel-size $VOXEL_SIZE --atrophy "$ATROPHY" --ventricle-ratio "$VENTRICLE_RATIO" --seed "$SEED" \
+        --workers "$WORKERS" --overwrite
 fi
 
 say "2/6 Conversion and the per-volume chain: deepbet skull stripping; $SPACING mm and ${SIZE}^3 (the paper: 1 mm, 128^3) for CPU time"
