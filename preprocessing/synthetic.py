@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import csv
 import datetime as dt
+import inspect
 import json
 import os
 import shutil
@@ -887,28 +888,21 @@ def _bias_field(points: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarra
 
 def generate_cohort(
     out: Path | str,
-    n_subjects: int = 40,
-    ad_fraction: float = 0.5,
-    visits: tuple[int, int] = (1, 4),
-    atrophy: float = DEFAULT_ATROPHY,
-    seed: int = 0,
-    broken: bool = False,
     workers: int | None = None,
     progress: Callable[..., Iterable] | None = None,
-    voxel_size: tuple[float, float] = (1.0, 1.25),
     overwrite: bool = False,
-    ventricle_ratio: float = DEFAULT_VENTRICLE_RATIO,
+    **plan_options: Any,
 ) -> CohortInfo:
     """Write a synthetic ADNI-like cohort under ``out``: ``ADNI/`` (DICOM), ``collection.csv`` and ``truth/``.
 
-    ``n_subjects`` subjects, ``ad_fraction`` of them AD, each with ``visits`` (min, max) visits among sc, m06, m12,
-    m24; ``atrophy`` is the AD hippocampal volume loss from disease at the first visit and ``ventricle_ratio`` the
-    ventricular growth per unit of it (see :func:`plan_cohort`; atrophy 0 makes AD anatomically identical to CN of
-    the same age). ``broken`` adds the scans of :data:`BROKEN_KINDS` as
-    extra images. Subjects are rendered in ``workers`` processes (default: one per CPU core); the files do not
-    depend on it. ``progress`` wraps an iterable like ``tqdm`` does. An existing cohort in ``out`` is replaced only
-    with ``overwrite``.
+    ``plan_options`` are the arguments of :func:`plan_cohort` (subjects, visits, atrophy, ventricle ratio, seed,
+    broken scans, voxel sizes), which says what each does; they are recorded in ``truth/cohort.json``. Subjects are
+    rendered in ``workers`` processes (default: one per CPU core); the files do not depend on it. ``progress`` wraps
+    an iterable like ``tqdm`` does. An existing cohort in ``out`` is replaced only with ``overwrite``.
     """
+    # One list of cohort settings (plan_cohort's signature): bound here to record them with their defaults.
+    arguments = inspect.signature(plan_cohort).bind(**plan_options)
+    arguments.apply_defaults()
     start = time.perf_counter()
     out = Path(out)
     adni_dir, truth_dir, collection_csv = out / "ADNI", out / "truth", out / "collection.csv"
@@ -918,7 +912,7 @@ def generate_cohort(
     for path in existing:
         shutil.rmtree(path) if path.is_dir() else path.unlink()
 
-    plans = plan_cohort(n_subjects, ad_fraction, visits, atrophy, seed, broken, voxel_size, ventricle_ratio)
+    plans = plan_cohort(**arguments.arguments)
     template = load_template()  # loaded before the workers start, so forked workers share it
     workers = max(1, min(workers or os.cpu_count() or 1, len(plans)))
     progress = progress or (lambda iterable, **_: iterable)
@@ -936,10 +930,7 @@ def generate_cohort(
     scans = [r for r in records if r["kind"] == "scan"]
     broken_records = [r for r in records if r["kind"] != "scan"]
     _write_collection_csv(collection_csv, plans, records)
-    _write_cohort_json(truth_dir / "cohort.json", plans, records, template, {
-        "n_subjects": n_subjects, "ad_fraction": ad_fraction, "visits": list(visits), "atrophy": atrophy,
-        "ventricle_ratio": ventricle_ratio, "seed": seed, "broken": broken, "voxel_size_range_mm": list(voxel_size),
-    })  # fmt: skip
+    _write_cohort_json(truth_dir / "cohort.json", plans, records, template, dict(arguments.arguments))
     groups: dict[str, dict[str, int]] = {}
     for group in ("AD", "CN"):
         members = [r for r in scans if r["group"] == group]

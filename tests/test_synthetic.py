@@ -226,6 +226,14 @@ def test_truth_volumes_agree_with_the_label_maps_and_an_unatrophied_render(cohor
     assert truth["volumes_mm3"]["hippocampi"] > hippocampi * (1 + truth["percent_change"]["hippocampi"] / 100 - 0.01)
 
 
+def test_cohort_json_records_every_plan_setting_with_its_default(cohort_json):
+    parameters = cohort_json["parameters"]
+    assert parameters["n_subjects"] == 4 and parameters["seed"] == 7 and parameters["broken"] is True
+    assert parameters["visits"] == [1, 2] and parameters["voxel_size"] == list(COARSE)
+    assert parameters["atrophy"] == synthetic.DEFAULT_ATROPHY
+    assert parameters["ventricle_ratio"] == synthetic.DEFAULT_VENTRICLE_RATIO
+
+
 def test_ad_lose_more_hippocampus_and_gain_more_ventricle_than_cn(cohort_json):
     scans = _scans(cohort_json)
     by_group = {g: [s["percent_change"] for s in scans if s["group"] == g] for g in ("AD", "CN")}
