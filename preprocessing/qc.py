@@ -311,6 +311,9 @@ h1 { font-size: 1.4em; margin: 0 0 .3em 0; }
 .counts { font-size: 1.1em; margin: .2em 0; }
 .counts .ok, .status.ok { color: #1a7f37; }
 .counts .failed, .status.failed { color: #c00; font-weight: bold; }
+.counts .warn, .status.warn { color: #b35900; font-weight: bold; }
+.card.warn { border-color: #e08a00; }
+.card .reasons { color: #b35900; font-size: .85em; margin: 4px 0 0 0; }
 .legend { color: #555; font-size: .9em; margin: .2em 0 1em 0; }
 .grid { display: grid; grid-template-columns: repeat(auto-fill, minmax(320px, 1fr)); gap: 12px; }
 .card { background: #fff; border: 1px solid #ddd; border-radius: 4px; padding: 6px; }
@@ -340,12 +343,19 @@ def _data_uri(png: Path) -> str:
     return "data:image/png;base64," + base64.b64encode(png.read_bytes()).decode("ascii")
 
 
+def _rank(entry: dict) -> int:
+    """0: not processed or refused by QC, 1: QC warning, 2: fine. Anything unknown counts as a failure."""
+    if entry.get("status") != "ok":
+        return 0
+    return {"warn": 1, "pass": 2}.get(str(entry.get("qc_status") or "pass"), 0)
+
+
 def _card(entry: dict, number: int, folder: Path, embed: bool) -> str:
     esc = html.escape
     image_id = str(entry.get("image_id") or "")
     status = str(entry.get("status") or "")
-    failed = status != "ok"
-    parts = [f'<div class="card{" failed" if failed else ""}">']
+    kind = ("failed", "warn", "ok")[_rank(entry)]
+    parts = [f'<div class="card {kind}">']
     png = entry.get("qc_png")
     if png is not None and Path(png).is_file():
         src = _data_uri(Path(png)) if embed else _relative_src(Path(png), folder)
@@ -358,14 +368,19 @@ def _card(entry: dict, number: int, folder: Path, embed: bool) -> str:
         parts.append(f'<div class="nopic">QC picture missing: {esc(str(png))}</div>')
     else:
         parts.append('<div class="nopic">no QC picture</div>')
+    qc_status = entry.get("qc_status")
     parts.append(
         f'<div class="meta"><span class="id">{esc(image_id)}</span><br>'
         f"subject {esc(str(entry.get('subject') or ''))} &middot; group {esc(str(entry.get('group') or ''))} "
-        f'&middot; <span class="status {"failed" if failed else "ok"}">{esc(status or "unknown")}</span></div>'
+        f'&middot; <span class="status {kind}">{esc(status or "unknown")}</span>'
+        + (f' &middot; QC <span class="status {kind}">{esc(str(qc_status))}</span>' if qc_status else "")
+        + "</div>"
     )
     error = entry.get("error")
     if error:
         parts.append(f'<p class="error">{esc(str(error))}</p>')
+    elif entry.get("qc_reasons"):
+        parts.append(f'<p class="reasons">{esc(str(entry["qc_reasons"]))}</p>')
     parts.append("</div>")
     return "\n".join(parts)
 
@@ -373,17 +388,18 @@ def _card(entry: dict, number: int, folder: Path, embed: bool) -> str:
 def qc_page(entries: list[dict], out_html: Path, title: str, embed: bool = False) -> Path:
     """Write one self-contained HTML page with a thumbnail grid of all QC pictures.
 
-    Each entry is a dict with ``image_id``, ``subject``, ``group``, ``status`` ("ok"/"failed"), ``qc_png`` (path or
-    None) and ``error`` (text or None). Failed scans come first, with their error in red; any status other than "ok"
-    counts as failed so that a typo never hides a scan among the good ones. Pictures are referenced by paths relative
+    Each entry is a dict with ``image_id``, ``subject``, ``group``, ``status`` ("ok"/"failed"/"qc_failed"),
+    ``qc_status`` (pass/warn/fail or None), ``qc_reasons``, ``qc_png`` (path or None) and ``error`` (text or None).
+    Failed scans come first, with their error in red, then QC warnings; any status other than "ok" counts as failed
+    so that a typo never hides a scan among the good ones. Pictures are referenced by paths relative
     to the page's folder (zip the folder to share it) or, with ``embed=True``, inlined as base64 ``data:`` URIs for a
     single-file page. All text is HTML-escaped. The page is written atomically; returns ``out_html``.
     """
     out_html = Path(out_html)
     folder = out_html.parent
-    ordered = sorted(entries, key=lambda e: e.get("status") == "ok")  # stable: failed first, input order kept
-    n_ok = sum(1 for e in entries if e.get("status") == "ok")
-    n_failed = len(entries) - n_ok
+    ordered = sorted(entries, key=_rank)  # stable: failed first, then QC warnings, input order kept
+    ranks = [_rank(e) for e in entries]
+    n_ok, n_warn, n_failed = ranks.count(2), ranks.count(1), ranks.count(0)
     cards = "\n".join(_card(entry, i, folder, embed) for i, entry in enumerate(ordered))
     page = f"""<!DOCTYPE html>
 <html lang="en">
@@ -395,10 +411,11 @@ def qc_page(entries: list[dict], out_html: Path, title: str, embed: bool = False
 <body>
 <h1>{html.escape(title)}</h1>
 <p class="counts">{len(entries)} scans: <span class="ok">{n_ok} ok</span>,
-<span class="failed">{n_failed} failed</span></p>
+<span class="warn">{n_warn} with QC warnings</span>, <span class="failed">{n_failed} failed</span></p>
 <p class="legend">Each picture: raw scan (top row) and preprocessed scan (bottom row), sagittal / coronal / axial
 mid-slices, shown in RAS in {DISPLAY_CONVENTION} convention (subject's left on viewer's left);
-brain-mask outline in {MASK_COLOUR}. Failed scans are listed first. Click a picture to enlarge it.</p>
+brain-mask outline in {MASK_COLOUR}. Failed scans (not processed, or refused by quality control) are listed
+first, then scans with QC warnings. Click a picture to enlarge it.</p>
 <div class="grid">
 {cards}
 </div>

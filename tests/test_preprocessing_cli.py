@@ -184,12 +184,16 @@ def test_every_command_answers_help(command):
     assert "usage: python -m preprocessing" in result.stdout
 
 
-def test_benchmark_chain_without_network_within_30_seconds():
+def test_benchmark_prints_every_step_of_the_chain():
+    # Speed is measured by the benchmark itself (README table), never asserted here.
     result = cli("benchmark", "--no-forward")
-    line = next(x for x in result.stdout.splitlines() if "total without the SynthStrip network" in x)
-    seconds = float(line.split()[-2])
-    assert 0.5 < seconds < 30.0, result.stdout
-    assert "N4BiasCorrectiond" in result.stdout and "180x220x180 1 mm head" in result.stdout
+    assert "180x220x180 1 mm head" in result.stdout
+    for step in ("CheckVolumed", "Orientationd", "SkullStripd", "N4BiasCorrectiond", "ResampleToSpacingd",
+                 "CubicResized", "total without the SynthStrip network"):  # fmt: skip
+        line = next((x for x in result.stdout.splitlines() if step in x), None)
+        assert line is not None, (step, result.stdout)
+    total = next(x for x in result.stdout.splitlines() if "total without the SynthStrip network" in x)
+    assert float(total.split()[-2]) > 0, total
 
 
 def test_discover_lists_usable_scans_without_processing(batch, tmp_path):
