@@ -3,32 +3,76 @@
 The dissertation (4.1) used ADNI's T1-weighted MPRAGE scans of AD and CN subjects only. An ADNI download lays images
 out as ``ADNI/<subject>/<description>/<date_time>/I<image id>/*.dcm`` and comes with a collection CSV (``"Image Data
 ID","Subject","Group",...``). Discovery joins the two by image id, keeps MPRAGE series of AD and CN subjects, and
-records every image it leaves out with a reason (not MPRAGE, MCI, no usable label, folder missing from the download,
-folder without a CSV row, ...) so that the cohort's size can be explained rather than guessed.
+records every row it leaves out as a :class:`Skipped` with a reason (not MPRAGE, MCI, no usable label, folder missing
+from the download, folder without a CSV row, duplicate, ...), so that the cohort's size can be explained rather than
+guessed: every input row ends up as a :class:`Scan` or a :class:`Skipped`.
 
-Real exports vary: quotes may be missing, columns may be added or reordered, image ids may lack their leading ``I``,
-and some collections give ``Group = Patient`` for every row. For those, a label table by subject (ADNIMERGE's
-``PTID``/``DX_bl``, or a plain ``subject,label`` CSV) supplies the diagnosis and overrides ``Group``.
+Real exports vary: quotes may be missing, columns added or reordered, image ids may lack their leading ``I``, tables
+may be Latin-1, fields unreadable (see :mod:`preprocessing.tables`), and subject ids hand-mangled (``AD_109_S_1192``,
+see :mod:`preprocessing.subject_ids`): such rows are read around, with a :class:`DiscoveryWarning`. Some collections
+give ``Group = Patient`` for every row; a label table by subject (ADNIMERGE's ``PTID``/``DX_bl``, or a plain
+``subject,label`` CSV) then supplies the diagnosis and overrides ``Group``. Processed IDA exports (``MPR; GradWarp;
+B1 Correction``, ``MT1; N3m``, ...) are selected with the ``adni-processed`` entry of :data:`SERIES_PRESETS`.
 """
 
 from __future__ import annotations
 
-import csv
-import datetime as dt
-import io
+import hashlib
 import json
+import os
 import re
+import shlex
 from collections import Counter
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
+
+from preprocessing.subject_ids import normalize_subject_id, subject_key
+from preprocessing.tables import (
+    COLLECTION_COLUMNS,
+    NIFTI_COLUMNS,
+    TWO_DIGIT_YEAR_PIVOT,
+    DiscoveryWarning,
+    LabelTable,
+    Table,
+    TableColumnError,
+    TableError,
+    canonical_image_id,
+    load_label_table,
+    normalize_group,
+    parse_acq_date,
+    read_scan_fields,
+    read_table,
+    resolve_columns,
+    subject_warning,
+)
+
+__all__ = [
+    "ADNI_PROCESSED_PATTERNS", "ANY_MPRAGE_PATTERNS", "DEFAULT_EXCLUDE_PATTERNS", "DEFAULT_MPRAGE_PATTERNS",
+    "DEFAULT_SERIES", "EXCLUDED_GROUPS", "LABELS", "NIFTI_SUFFIXES", "SERIES_PRESETS", "TWO_DIGIT_YEAR_PIVOT",
+    "Discovery", "DiscoveryWarning", "LabelTable", "Scan", "Skipped", "TableColumnError", "TableError",
+    "canonical_image_id", "discover_adni", "discover_nifti", "discovery_hints", "discovery_summary",
+    "load_label_table", "normalize_group", "normalize_subject_id", "parse_acq_date", "select_description",
+    "series_patterns", "warning_lines", "write_discovery_report",
+]  # fmt: skip
 
 #: Description patterns (case-insensitive ``re.search``) for the T1w MPRAGE series the dissertation used:
 #: MPRAGE / MP-RAGE / MP RAGE, including repeats, but not the accelerated (parallel-imaging) variants of ADNI-2+.
 DEFAULT_MPRAGE_PATTERNS: tuple[str, ...] = (r"^(?!.*accelerat).*mp[\s_-]*rage",)
 #: Opt-in patterns that also accept accelerated MPRAGE (e.g. "Accelerated Sagittal MPRAGE").
 ANY_MPRAGE_PATTERNS: tuple[str, ...] = (r"mp[\s_-]*rage",)
+#: ADNI's pre-processed MPRAGE exports: ``MPR; GradWarp; B1 Correction``, ``MPR-R; GradWarp`` (repeat),
+#: ``MPR; GradWarp; B1 Correction; N3; Scaled``, ``MT1; N3m``, ``MT1; GradWarp; N3m``. Only those: raw ``MPRAGE``
+#: of the same visit would count the acquisition twice.
+ADNI_PROCESSED_PATTERNS: tuple[str, ...] = (r"^\s*MPR(?:-R)?\s*;", r"^\s*MT1\s*;")
+#: ``--series`` presets by name: the one source of the include patterns the command line offers.
+SERIES_PRESETS: dict[str, tuple[str, ...]] = {
+    "mprage": DEFAULT_MPRAGE_PATTERNS,
+    "any-mprage": ANY_MPRAGE_PATTERNS,
+    "adni-processed": ADNI_PROCESSED_PATTERNS,
+}
+DEFAULT_SERIES = "mprage"
 #: Descriptions rejected even when an include pattern matches: planning and calibration scans.
 DEFAULT_EXCLUDE_PATTERNS: tuple[str, ...] = (r"locali[sz]er", r"calibration", r"scout", r"survey", r"3[\s_-]*plane")
 
@@ -36,55 +80,19 @@ DEFAULT_EXCLUDE_PATTERNS: tuple[str, ...] = (r"locali[sz]er", r"calibration", r"
 LABELS: dict[str, int] = {"AD": 1, "CN": 0}
 #: Diagnoses that exist in ADNI but are not part of the AD vs CN task.
 EXCLUDED_GROUPS: frozenset[str] = frozenset({"MCI", "EMCI", "LMCI", "SMC"})
-_GROUP_ALIASES: dict[str, str] = {
-    "AD": "AD",
-    "DEMENTIA": "AD",
-    "1": "AD",
-    "CN": "CN",
-    "NL": "CN",
-    "NORMAL": "CN",
-    "CONTROL": "CN",
-    "0": "CN",
-}
+#: Image formats accepted in a ``--nifti-csv`` list (compared case-insensitively).
+NIFTI_SUFFIXES: tuple[str, ...] = (".nii.gz", ".nii", ".mgz")
 
-# Collection CSV columns: canonical name -> accepted header spellings (compared after _normalise_header).
-_COLLECTION_COLUMNS: dict[str, tuple[str, ...]] = {
-    "Image Data ID": ("image data id", "image id", "imageid", "image uid"),
-    "Subject": ("subject", "subject id", "ptid"),
-    "Group": ("group", "research group"),
-    "Sex": ("sex",),
-    "Age": ("age",),
-    "Visit": ("visit",),
-    "Modality": ("modality",),
-    "Description": ("description", "series description"),
-    "Type": ("type",),
-    "Acq Date": ("acq date", "acquisition date", "scan date"),
-    "Format": ("format",),
-    "Downloaded": ("downloaded",),
-}
-_NIFTI_COLUMNS: dict[str, tuple[str, ...]] = {
-    "path": ("path", "image", "file", "filename", "nifti"),
-    "subject": ("subject", "subject id", "ptid"),
-    "label": ("label", "group", "diagnosis", "dx bl", "dx"),
-    "visit": ("visit",),
-    "image_id": ("image id", "image data id"),
-    "sex": ("sex",),
-    "age": ("age",),
-    "acq_date": ("acq date", "acquisition date", "scan date", "date"),
-}
-_LABEL_SUBJECT_COLUMNS = ("ptid", "subject", "subject id", "participant id")
-_LABEL_VALUE_COLUMNS = ("dx bl", "label", "group", "diagnosis", "dx")
-
-_IMAGE_ID = re.compile(r"[Ii]?(\d+)(?:\.0+)?")
 _SERIES_FOLDER = re.compile(r"[Ss]\d+")
 _IMAGE_ID_IN_FILENAME = re.compile(r"_I(\d+)\.dcm$", re.IGNORECASE)
-_NIFTI_SUFFIXES = (".nii.gz", ".nii")
+_LABEL_TABLE_FIX = "--label-table (ADNIMERGE.csv with PTID and DX_bl, or a subject,label CSV)"
 
 
 @dataclass(frozen=True)
 class Scan:
     """One image to use, with its label (AD = 1, CN = 0) and what later stages need to find and describe it.
 
+    ``subject`` is normalised (``AD_109_S_1192`` -> ``109_S_1192``), ``subject_raw`` the cell as written (stripped).
     ``dicom_dir`` is the image's DICOM folder (None when discovery ran without a download, or for NIfTI input);
     ``nifti_path`` is set for NIfTI input. ``label_source`` says where the diagnosis came from
     (``"collection_csv"``, ``"label_table"`` or ``"nifti_csv"``).
@@ -103,6 +111,7 @@ class Scan:
     source: str = "adni"
     nifti_path: Path | None = None
     label_source: str | None = None
+    subject_raw: str | None = None
 
     def as_record(self) -> dict[str, Any]:
         """A JSON-serialisable dict (paths as strings)."""
@@ -113,9 +122,11 @@ class Scan:
 class Skipped:
     """An image (or folder, or CSV row) left out, with a short ``category`` for counting and a readable ``reason``.
 
-    Categories: ``bad_row``, ``duplicate_row``, ``duplicate_folder``, ``not_mri``, ``not_mprage``, ``group_excluded``,
+    Categories: ``bad_row``, ``duplicate_input`` (the row lists an image or file another row already lists: one scan
+    is kept, the reason names that row), ``duplicate_folder``, ``not_mri``, ``not_mprage``, ``group_excluded``,
     ``no_label``, ``label_conflict``, ``folder_missing``, ``no_csv_row``, ``unmatched_folder``, ``subject_mismatch``,
-    ``file_missing``.
+    ``file_missing``, ``unsupported_format``. ``description`` and ``group`` are the row's values as written, kept
+    so that the summary can say which option would have selected it.
     """
 
     category: str
@@ -124,6 +135,8 @@ class Skipped:
     subject: str | None = None
     path: Path | None = None
     line: int | None = None
+    description: str | None = None
+    group: str | None = None
 
     def as_record(self) -> dict[str, Any]:
         """A JSON-serialisable dict (paths as strings)."""
@@ -132,77 +145,41 @@ class Skipped:
 
 @dataclass
 class Discovery:
-    """What discovery found: the scans to use and everything left out."""
+    """What discovery found: the scans to use, everything left out, and what was read around (``warnings``).
+
+    ``source`` (``"adni"``/``"nifti"``), ``include_patterns``/``exclude_patterns`` and ``label_table`` record how it
+    ran, so that :func:`discovery_hints` can name the option that would select what was skipped.
+    """
 
     scans: list[Scan] = field(default_factory=list)
     skipped: list[Skipped] = field(default_factory=list)
+    warnings: list[DiscoveryWarning] = field(default_factory=list)
+    source: str = "adni"
+    include_patterns: tuple[str, ...] = DEFAULT_MPRAGE_PATTERNS
+    exclude_patterns: tuple[str, ...] = DEFAULT_EXCLUDE_PATTERNS
+    label_table: Path | None = None
 
     def summary(self) -> dict[str, Any]:
-        """Counts per group (scans, subjects) and skipped per category; see :func:`discovery_summary`."""
+        """Counts per group (scans, subjects), skipped per category, warnings per category."""
         return discovery_summary(self)
 
-
-@dataclass(frozen=True)
-class LabelTable:
-    """Diagnosis per subject from a label table; subjects whose rows disagree are kept apart in ``conflicts``."""
-
-    path: Path
-    labels: dict[str, str]
-    conflicts: dict[str, tuple[str, ...]]
-
-    def lookup(self, subject: str) -> str | None:
-        """The subject's normalised label, or None when absent or conflicting."""
-        return self.labels.get(_subject_key(subject))
+    def hints(self) -> list[str]:
+        """One line per skip category that an option would fix, naming the option; see :func:`discovery_hints`."""
+        return discovery_hints(self)
 
 
-class TableColumnError(ValueError):
-    """A required column is missing from a CSV file; the message names the file and the column."""
+def series_patterns(series: str | None = None, include_patterns: Sequence[str] | None = None) -> tuple[str, ...]:
+    """The include patterns of ``--series`` and ``--include-pattern``.
 
-
-# ---------------------------------------------------------------- small parsers
-
-
-def canonical_image_id(value: str) -> str:
-    """``"45108"``, ``"I45108"``, ``" i45108 "`` or ``"45108.0"`` (a spreadsheet round trip) -> ``"I45108"``.
-
-    ADNI folders are named ``I<digits>`` while exported CSVs sometimes drop the ``I``; one canonical form lets
-    the two be joined.
+    Include patterns replace the default series, or add to one named explicitly: ``series_patterns(None, [p])`` is
+    ``(p,)``, ``series_patterns("adni-processed", [p])`` is the preset plus ``p``.
     """
-    match = _IMAGE_ID.fullmatch(str(value).strip())
-    if not match:
-        raise ValueError(f"not an ADNI image id: {value!r}")
-    return f"I{int(match.group(1))}"
-
-
-def parse_acq_date(value: str) -> str | None:
-    """ADNI's ``M/D/YYYY`` (or an ISO ``YYYY-MM-DD``, possibly followed by a time) -> ``YYYY-MM-DD``; blank -> None.
-
-    Any other form is an error rather than a guess: ``4/5/2006`` read day-first would silently swap months.
-    """
-    text = str(value).strip()
-    if not text:
-        return None
-    us = re.fullmatch(r"(\d{1,2})/(\d{1,2})/(\d{4})", text)
-    iso = re.match(r"(\d{4})-(\d{1,2})-(\d{1,2})(?:$|[ T_])", text)
-    try:
-        if us:
-            return dt.date(int(us.group(3)), int(us.group(1)), int(us.group(2))).isoformat()
-        if iso:
-            return dt.date(int(iso.group(1)), int(iso.group(2)), int(iso.group(3))).isoformat()
-    except ValueError as error:
-        raise ValueError(f"invalid date {text!r}: {error}") from error
-    raise ValueError(f"unrecognised date {text!r} (expected M/D/YYYY as ADNI exports it, or YYYY-MM-DD)")
-
-
-def normalize_group(value: str | None) -> str:
-    """A diagnosis as written in a CSV -> ``"AD"``, ``"CN"``, or the upper-cased value (``"MCI"``, ``"PATIENT"``, "").
-
-    Accepts the collection CSV's groups, ADNIMERGE's ``DX_bl``/``DX`` (``Dementia``, ``NL``) and 1/0 labels.
-    """
-    text = str(value or "").strip().upper()
-    if re.fullmatch(r"[01]\.0+", text):
-        text = text[0]
-    return _GROUP_ALIASES.get(text, text)
+    if series is not None and series not in SERIES_PRESETS:
+        raise ValueError(f"unknown series preset {series!r}; choose one of {', '.join(SERIES_PRESETS)}")
+    extra = tuple(include_patterns or ())
+    if series is None:
+        return extra or SERIES_PRESETS[DEFAULT_SERIES]
+    return SERIES_PRESETS[series] + extra
 
 
 def select_description(
@@ -217,99 +194,29 @@ def select_description(
     )
 
 
-# ---------------------------------------------------------------- CSV reading
+def _pattern_for(description: str) -> str:
+    """An ``--include-pattern`` that selects exactly this description, readable on a shell line."""
+    return shlex.quote("^" + re.escape(description).replace("\\ ", " ") + "$")
 
 
-def _normalise_header(name: str) -> str:
-    return re.sub(r"[\s_]+", " ", name.strip().strip('"').strip().lower())
+def _series_fix(description: str, discovery: Discovery) -> str:
+    """How to select a rejected description: the presets that accept it, else an include pattern."""
+    presets = [
+        name
+        for name, patterns in SERIES_PRESETS.items()
+        if tuple(patterns) != discovery.include_patterns
+        and select_description(description, patterns, discovery.exclude_patterns)
+    ]
+    if presets:
+        return " or ".join(f"--series {name}" for name in presets) + " accepts it"
+    if any(re.search(p, description or "", re.IGNORECASE) for p in discovery.exclude_patterns):
+        return "it is a planning or calibration series (excluded)"
+    return f"--include-pattern {_pattern_for(description)} would accept it"
 
 
-def _subject_key(subject: str) -> str:
-    return subject.strip().upper()
-
-
-def _read_table(path: Path) -> tuple[list[str], list[tuple[int, dict[str, str]]]]:
-    """Rows of a CSV as ``(line number, {normalised header: stripped value})``, quoted or not.
-
-    The delimiter is the most frequent of ``,``, ``;`` and tab on the header line (spreadsheets in some locales
-    save with ``;``). Blank lines are skipped; short rows are padded with empty values.
-    """
-    if not path.is_file():
-        raise FileNotFoundError(f"CSV file not found: {path}")
-    with path.open(newline="", encoding="utf-8-sig") as handle:
-        text = handle.read()
-    first_line = text.splitlines()[0] if text.strip() else ""
-    delimiter = max((",", ";", "\t"), key=first_line.count)
-    reader = csv.reader(io.StringIO(text), delimiter=delimiter, skipinitialspace=True)
-    header: list[str] | None = None
-    rows: list[tuple[int, dict[str, str]]] = []
-    for values in reader:
-        line_number = reader.line_num
-        if not any(v.strip() for v in values):
-            continue
-        if header is None:
-            header = [_normalise_header(v) for v in values]
-            continue
-        padded = list(values) + [""] * (len(header) - len(values))
-        rows.append((line_number, {h: v.strip() for h, v in zip(header, padded, strict=False) if h}))
-    if header is None:
-        raise TableColumnError(f"{path}: the file is empty (no header line)")
-    return header, rows
-
-
-def _resolve_columns(
-    path: Path, header: Sequence[str], spec: dict[str, tuple[str, ...]], required: Iterable[str]
-) -> dict[str, str]:
-    """Map canonical column names to the header names present; missing required ones raise, naming file and column."""
-    present = set(header)
-    resolved = {name: next((a for a in aliases if a in present), None) for name, aliases in spec.items()}
-    missing = [name for name in required if resolved.get(name) is None]
-    if missing:
-        raise TableColumnError(
-            f"{path}: missing required column {missing[0]!r}"
-            + (f" (also missing: {', '.join(repr(m) for m in missing[1:])})" if len(missing) > 1 else "")
-            + f"; columns found: {', '.join(h for h in header if h)}"
-        )
-    return {name: column for name, column in resolved.items() if column is not None}
-
-
-def load_label_table(
-    path: Path | str, subject_column: str | None = None, label_column: str | None = None
-) -> LabelTable:
-    """Diagnosis per subject from ADNIMERGE (``PTID``, ``DX_bl``) or a ``subject,label`` CSV.
-
-    Column names are matched case-insensitively; when not given they are looked for among ``PTID``/``subject`` and
-    ``DX_bl``/``label``/``group``/``diagnosis``/``DX``. ADNIMERGE repeats each subject once per visit: blank values
-    are ignored and the remaining ones must agree (``AD`` and ``Dementia`` do), otherwise the subject is listed in
-    ``conflicts`` and gets no label.
-    """
-    path = Path(path)
-    header, rows = _read_table(path)
-    subject_col = _pick_column(path, header, subject_column, _LABEL_SUBJECT_COLUMNS, "subject")
-    label_col = _pick_column(path, header, label_column, _LABEL_VALUE_COLUMNS, "label")
-    values: dict[str, set[str]] = {}
-    for _, row in rows:
-        subject = row.get(subject_col, "")
-        label = normalize_group(row.get(label_col, ""))
-        if subject and label:
-            values.setdefault(_subject_key(subject), set()).add(label)
-    labels = {s: next(iter(v)) for s, v in values.items() if len(v) == 1}
-    conflicts = {s: tuple(sorted(v)) for s, v in values.items() if len(v) > 1}
-    return LabelTable(path=path, labels=labels, conflicts=conflicts)
-
-
-def _pick_column(path: Path, header: Sequence[str], wanted: str | None, candidates: Sequence[str], role: str) -> str:
-    if wanted is not None:
-        key = _normalise_header(wanted)
-        if key not in header:
-            raise TableColumnError(f"{path}: missing required column {wanted!r} ({role}); columns found: {header}")
-        return key
-    for candidate in candidates:
-        if candidate in header:
-            return candidate
-    raise TableColumnError(
-        f"{path}: missing required {role} column (looked for {', '.join(candidates)}); columns found: {header}"
-    )
+def _usable_group(value: str | None) -> bool:
+    group = normalize_group(value)
+    return group in LABELS or group in EXCLUDED_GROUPS
 
 
 # ---------------------------------------------------------------- ADNI download
@@ -370,197 +277,34 @@ def _description_key(description: str) -> str:
     return re.sub(r"[^a-z0-9]+", "", description.lower())
 
 
-def discover_adni(
-    collection_csv: Path | str,
-    adni_root: Path | str | None,
-    include_patterns: Sequence[str] = DEFAULT_MPRAGE_PATTERNS,
-    exclude_patterns: Sequence[str] = DEFAULT_EXCLUDE_PATTERNS,
-    label_table: Path | str | LabelTable | None = None,
-    label_subject_column: str | None = None,
-    label_column: str | None = None,
-    require_dicom: bool = True,
-) -> Discovery:
-    """The AD/CN MPRAGE scans of an ADNI collection CSV, joined by image id with the DICOM folders of its download.
-
-    ``include_patterns``/``exclude_patterns`` select series by description (see :func:`select_description`); pass
-    :data:`ANY_MPRAGE_PATTERNS` to include accelerated MPRAGE. With ``label_table`` the subject's diagnosis there
-    overrides the CSV's ``Group`` (subjects absent from the table keep their ``Group``). With ``adni_root`` (the
-    ``ADNI`` folder or its parent), a selected image whose folder is missing is skipped when ``require_dicom``
-    (kept with ``dicom_dir=None`` otherwise), and folders that no CSV row describes are reported. Scans come out
-    in CSV order.
-    """
-    collection_csv = Path(collection_csv)
-    table = (
-        label_table
-        if isinstance(label_table, LabelTable) or label_table is None
-        else load_label_table(label_table, label_subject_column, label_column)
-    )
-    header, rows = _read_table(collection_csv)
-    required = ["Image Data ID", "Subject", "Description"] + ([] if table is not None else ["Group"])
-    columns = _resolve_columns(collection_csv, header, _COLLECTION_COLUMNS, required)
-    include = [re.compile(p, re.IGNORECASE) for p in include_patterns]
-    exclude = [re.compile(p, re.IGNORECASE) for p in exclude_patterns]
-
-    def get(row: dict[str, str], name: str) -> str:
-        column = columns.get(name)
-        return row.get(column, "") if column else ""
-
-    discovery = Discovery()
+def _download_folders(
+    adni_root: Path, ordered: Sequence[tuple[str, int, dict[str, str]]], get: Callable, discovery: Discovery
+) -> dict[str, _Folder]:
+    """The download's image folders by image id; duplicates and folders no row explains are reported."""
     skip = discovery.skipped.append
-
-    # The CSV rows by canonical image id (first row wins; later duplicates are reported).
-    by_id: dict[str, tuple[int, dict[str, str]]] = {}
-    ordered: list[tuple[str, int, dict[str, str]]] = []
-    for line, row in rows:
-        raw_id, subject = get(row, "Image Data ID"), get(row, "Subject")
-        try:
-            image_id = canonical_image_id(raw_id)
-        except ValueError:
-            skip(
-                Skipped(
-                    "bad_row", f"{collection_csv.name} line {line}: bad image id {raw_id!r}", None, subject, line=line
-                )
-            )
-            continue
-        if image_id in by_id:
-            skip(
-                Skipped(
-                    "duplicate_row",
-                    f"{collection_csv.name} line {line}: image {image_id} already listed on line {by_id[image_id][0]}",
-                    image_id,
-                    subject,
-                    line=line,
-                )
-            )
-            continue
-        by_id[image_id] = (line, row)
-        ordered.append((image_id, line, row))
-
-    # The download's folders by image id.
     folders: dict[str, _Folder] = {}
-    if adni_root is not None:
-        root = _resolve_adni_root(Path(adni_root))
-        unresolved: list[_Folder] = []
-        for folder in _scan_download(root):
-            if folder.image_id is None:
-                unresolved.append(folder)
-            elif folder.image_id in folders:
-                skip(
-                    Skipped(
-                        "duplicate_folder",
-                        f"image {folder.image_id} downloaded twice; using {folders[folder.image_id].path}",
-                        folder.image_id,
-                        folder.subject,
-                        folder.path,
-                    )
-                )
-            else:
-                folders[folder.image_id] = folder
-        for folder in unresolved:
-            match = _match_by_visit(folder, ordered, folders, get)
-            if match is None:
-                skip(
-                    Skipped(
-                        "unmatched_folder",
-                        f"cannot tell which image folder {folder.path.name} holds (no I<id> in its name or file "
-                        "names, and no single CSV row with its subject, description and date)",
-                        None,
-                        folder.subject,
-                        folder.path,
-                    )
-                )
-            else:
-                folders[match] = folder
-        for image_id, folder in folders.items():
-            if image_id not in by_id:
-                skip(
-                    Skipped(
-                        "no_csv_row",
-                        f"folder on disk but no row for {image_id} in {collection_csv.name}",
-                        image_id,
-                        folder.subject,
-                        folder.path,
-                    )
-                )
-
-    for image_id, line, row in ordered:
-        subject = get(row, "Subject")
-        description = get(row, "Description")
-        where = f"{collection_csv.name} line {line}"
-        modality = get(row, "Modality")
-        if modality and modality.strip().upper() not in {"MR", "MRI"}:
-            skip(Skipped("not_mri", f"modality {modality!r}, not MRI ({where})", image_id, subject, line=line))
-            continue
-        if not (any(p.search(description) for p in include) and not any(p.search(description) for p in exclude)):
+    unresolved: list[_Folder] = []
+    for folder in _scan_download(_resolve_adni_root(adni_root)):
+        if folder.image_id is None:
+            unresolved.append(folder)
+        elif folder.image_id in folders:
+            reason = f"image {folder.image_id} downloaded twice; using {folders[folder.image_id].path}"
             skip(
-                Skipped(
-                    "not_mprage",
-                    f"description {description!r} is not a selected T1w MPRAGE series ({where})",
-                    image_id,
-                    subject,
-                    line=line,
-                )
+                Skipped("duplicate_folder", reason, folder.image_id, normalize_subject_id(folder.subject), folder.path)
             )
-            continue
-        label_result = _resolve_label(subject, get(row, "Group"), table)
-        if isinstance(label_result, Skipped):
-            skip(Skipped(label_result.category, f"{label_result.reason} ({where})", image_id, subject, line=line))
-            continue
-        group, label_source = label_result
-
-        dicom_dir: Path | None = None
-        if adni_root is not None:
-            folder = folders.get(image_id)
-            if folder is None:
-                if require_dicom:
-                    skip(
-                        Skipped(
-                            "folder_missing",
-                            f"selected in {collection_csv.name} (line {line}) but its folder is missing from the "
-                            "download",
-                            image_id,
-                            subject,
-                            line=line,
-                        )
-                    )
-                    continue
-            elif _subject_key(folder.subject) != _subject_key(subject):
-                skip(
-                    Skipped(
-                        "subject_mismatch",
-                        f"folder is under subject {folder.subject} but {where} says {subject}",
-                        image_id,
-                        subject,
-                        folder.path,
-                        line,
-                    )
-                )
-                continue
-            else:
-                dicom_dir = folder.path
-
-        try:
-            acq_date = parse_acq_date(get(row, "Acq Date"))
-            age = _parse_age(get(row, "Age"))
-        except ValueError as error:
-            raise ValueError(f"{collection_csv}: line {line}: {error}") from error
-        discovery.scans.append(
-            Scan(
-                image_id=image_id,
-                subject=subject,
-                group=group,
-                label=LABELS[group],
-                sex=get(row, "Sex") or None,
-                age=age,
-                visit=get(row, "Visit") or None,
-                acq_date=acq_date,
-                description=description,
-                dicom_dir=dicom_dir,
-                source="adni",
-                label_source=label_source,
+        else:
+            folders[folder.image_id] = folder
+    for folder in unresolved:
+        match = _match_by_visit(folder, ordered, folders, get)
+        if match is None:
+            reason = (
+                f"cannot tell which image folder {folder.path.name} holds (no I<id> in its name or file names, and "
+                "no single CSV row with its subject, description and date)"
             )
-        )
-    return discovery
+            skip(Skipped("unmatched_folder", reason, None, normalize_subject_id(folder.subject), folder.path))
+        else:
+            folders[match] = folder
+    return folders
 
 
 def _match_by_visit(
@@ -574,7 +318,7 @@ def _match_by_visit(
         return None
     candidates = []
     for image_id, _, row in ordered:
-        if image_id in taken or _subject_key(get(row, "Subject")) != _subject_key(folder.subject):
+        if image_id in taken or subject_key(get(row, "Subject")) != subject_key(folder.subject):
             continue
         if _description_key(get(row, "Description")) != _description_key(folder.description):
             continue
@@ -587,11 +331,144 @@ def _match_by_visit(
     return candidates[0] if len(candidates) == 1 else None
 
 
+def discover_adni(
+    collection_csv: Path | str,
+    adni_root: Path | str | None,
+    include_patterns: Sequence[str] = DEFAULT_MPRAGE_PATTERNS,
+    exclude_patterns: Sequence[str] = DEFAULT_EXCLUDE_PATTERNS,
+    label_table: Path | str | LabelTable | None = None,
+    label_subject_column: str | None = None,
+    label_column: str | None = None,
+    require_dicom: bool = True,
+) -> Discovery:
+    """The AD/CN MPRAGE scans of an ADNI collection CSV, joined by image id with the DICOM folders of its download.
+
+    ``include_patterns``/``exclude_patterns`` select series by description (see :func:`select_description` and
+    :data:`SERIES_PRESETS`). With ``label_table`` the subject's diagnosis there overrides the CSV's ``Group``
+    (subjects absent from the table keep their ``Group``; a table that disagrees with a real ``Group`` is reported
+    as a ``label_disagreement`` warning). With ``adni_root`` (the ``ADNI`` folder or its parent), a selected image
+    whose folder is missing is skipped when ``require_dicom`` (kept with ``dicom_dir=None`` otherwise), and folders
+    that no CSV row describes are reported. Scans come out in CSV order; a row listing an image already listed is
+    skipped as ``duplicate_input``.
+    """
+    table = (
+        label_table
+        if isinstance(label_table, LabelTable) or label_table is None
+        else load_label_table(label_table, label_subject_column, label_column)
+    )
+    csv_table = read_table(collection_csv)
+    required = ["Image Data ID", "Subject", "Description"] + ([] if table is not None else ["Group"])
+    columns = resolve_columns(csv_table, COLLECTION_COLUMNS, required)
+
+    def get(row: dict[str, str], name: str) -> str:
+        column = columns.get(name)
+        return row.get(column, "") if column else ""
+
+    discovery = Discovery(
+        include_patterns=tuple(include_patterns),
+        exclude_patterns=tuple(exclude_patterns),
+        label_table=table.path if table is not None else None,
+    )
+    discovery.warnings += csv_table.warnings + list(table.warnings if table is not None else ())
+    skip, warn = discovery.skipped.append, discovery.warnings.append
+
+    # The CSV rows by canonical image id: the first row of an image is the one used.
+    first_line: dict[str, int] = {}
+    ordered: list[tuple[str, int, dict[str, str]]] = []
+    for line, row in csv_table.rows:
+        where, raw_id, raw_subject = csv_table.where(line), get(row, "Image Data ID"), get(row, "Subject")
+        subject = normalize_subject_id(raw_subject) or None
+        try:
+            image_id = canonical_image_id(raw_id)
+        except ValueError:
+            skip(Skipped("bad_row", f"{where}: bad image id {raw_id!r}", None, subject, line=line))
+            continue
+        if subject is None:
+            skip(Skipped("bad_row", f"{where}: empty subject", image_id, None, line=line))
+            continue
+        if image_id in first_line:
+            reason = f"{where}: image {image_id} is already listed on line {first_line[image_id]}; that row is used"
+            skip(Skipped("duplicate_input", reason, image_id, subject, line=line))
+            continue
+        note = subject_warning(raw_subject, csv_table, line, image_id)
+        if note is not None:
+            warn(note)
+        first_line[image_id] = line
+        ordered.append((image_id, line, row))
+
+    folders = _download_folders(Path(adni_root), ordered, get, discovery) if adni_root is not None else {}
+    for image_id, folder in folders.items():
+        if image_id not in first_line:
+            reason = f"folder on disk but no row for {image_id} in {csv_table.path.name}"
+            skip(Skipped("no_csv_row", reason, image_id, normalize_subject_id(folder.subject), folder.path))
+
+    include = [re.compile(p, re.IGNORECASE) for p in include_patterns]
+    exclude = [re.compile(p, re.IGNORECASE) for p in exclude_patterns]
+    for image_id, line, row in ordered:
+        raw_subject, description, csv_group = get(row, "Subject"), get(row, "Description"), get(row, "Group")
+        subject, where, modality = normalize_subject_id(raw_subject), csv_table.where(line), get(row, "Modality")
+        described = {"image_id": image_id, "subject": subject, "line": line, "description": description or None}
+        described["group"] = csv_group or None
+        if modality and modality.strip().upper() not in {"MR", "MRI"}:
+            skip(Skipped("not_mri", f"{where}: modality {modality!r}, not MRI", **described))
+            continue
+        if not (any(p.search(description) for p in include) and not any(p.search(description) for p in exclude)):
+            reason = f"{where}: description {description!r} is not a selected T1w MPRAGE series; "
+            fix = _series_fix(description, discovery)
+            reason += fix
+            if table is None and not _usable_group(csv_group) and "excluded" not in fix:
+                reason += f" (its Group {csv_group!r} is no diagnosis: add {_LABEL_TABLE_FIX} too)"
+            skip(Skipped("not_mprage", reason, **described))
+            continue
+        label_result = _resolve_label(subject, csv_group, table)
+        if isinstance(label_result, Skipped):
+            skip(Skipped(label_result.category, f"{where}: {label_result.reason}", **described))
+            continue
+        group, label_source = label_result
+        if label_source == "label_table" and _usable_group(csv_group) and normalize_group(csv_group) != group:
+            message = f"{where}: {subject} has Group {csv_group!r} but {table.path.name} says {group}; the table wins"
+            warn(DiscoveryWarning("label_disagreement", message, csv_table.path, line, subject, image_id))
+
+        dicom_dir: Path | None = None
+        if adni_root is not None:
+            folder = folders.get(image_id)
+            if folder is None:
+                if require_dicom:
+                    reason = f"{where}: selected, but its folder is missing from the download"
+                    skip(Skipped("folder_missing", reason, **described))
+                    continue
+            elif subject_key(folder.subject) != subject_key(subject):
+                reason = f"{where}: folder is under subject {folder.subject} but the row says {raw_subject}"
+                skip(Skipped("subject_mismatch", reason, image_id, subject, folder.path, line, description))
+                continue
+            else:
+                dicom_dir = folder.path
+
+        cells = {"sex": get(row, "Sex"), "age": get(row, "Age"), "acq_date": get(row, "Acq Date")}
+        fields = read_scan_fields(csv_table, line, cells, discovery.warnings, image_id=image_id, subject=subject)
+        discovery.scans.append(
+            Scan(
+                image_id=image_id,
+                subject=subject,
+                group=group,
+                label=LABELS[group],
+                **fields,
+                visit=get(row, "Visit") or None,
+                description=description,
+                dicom_dir=dicom_dir,
+                source="adni",
+                label_source=label_source,
+                subject_raw=raw_subject,
+            )
+        )
+    return discovery
+
+
 def _resolve_label(subject: str, csv_group: str, table: LabelTable | None) -> tuple[str, str] | Skipped:
     """``(group, label_source)`` for AD/CN, else a Skipped (category and reason; ids are filled in by the caller)."""
-    if table is not None and _subject_key(subject) in table.conflicts:
-        values = "/".join(table.conflicts[_subject_key(subject)])
-        return Skipped("label_conflict", f"conflicting labels {values} for {subject} in {table.path.name}")
+    conflict = table.conflict(subject) if table is not None else None
+    if conflict is not None:
+        return Skipped("label_conflict", f"conflicting labels {'/'.join(conflict)} for {subject} in {table.path.name}")
     table_label = table.lookup(subject) if table is not None else None
     if table is not None and table_label is not None:
         group, source = table_label, "label_table"
@@ -605,65 +482,128 @@ def _resolve_label(subject: str, csv_group: str, table: LabelTable | None) -> tu
         return group, source
     if group in EXCLUDED_GROUPS:
         return Skipped("group_excluded", f"group {group} ({written}): only AD and CN are used")
-    return Skipped("no_label", f"no usable label: {written}")
-
-
-def _parse_age(value: str) -> float | None:
-    text = value.strip()
-    if not text:
-        return None
-    try:
-        return float(text)
-    except ValueError as error:
-        raise ValueError(f"invalid age {text!r}") from error
+    fix = (
+        f"add {subject} to {table.path.name}"
+        if table is not None
+        else f"give diagnoses by subject with {_LABEL_TABLE_FIX}"
+    )
+    return Skipped("no_label", f"no usable label: {written}; {fix}")
 
 
 # ---------------------------------------------------------------- NIfTI folder
 
 
-def discover_nifti(csv_path: Path | str, report_unlisted: bool = True) -> Discovery:
-    """Scans from a folder of NIfTI files described by a small CSV: ``path, subject, label[, visit]``.
+def _image_suffix(name: str) -> str | None:
+    lowered = name.lower()
+    return next((suffix for suffix in NIFTI_SUFFIXES if lowered.endswith(suffix)), None)
 
-    ``path`` is relative to the CSV's folder (absolute paths work too); ``label`` is AD/CN or 1/0 (MCI and the like
-    are skipped). Optional columns: ``image_id`` (default: the file name without ``.nii``/``.nii.gz``), ``sex``,
-    ``age``, ``acq_date``. Listed files that do not exist are skipped; with ``report_unlisted``, NIfTI files under the
-    CSV's folder that no row lists are reported as ``no_csv_row``.
+
+def _path_digest(path: Path, base: Path) -> str:
+    """8 hex digits of the file's path relative to the CSV's folder: stable across reruns and moves of the folder."""
+    relative = Path(os.path.relpath(path, base.resolve())).as_posix()
+    return hashlib.sha1(relative.encode()).hexdigest()[:8]
+
+
+def _unique_image_ids(candidates: list[dict[str, Any]], table: Table, base: Path, discovery: Discovery) -> None:
+    """Give every listed file its own image id and output name (``convert.output_name``), in place.
+
+    An id that several files would share (``T1`` from ``a/T1.nii.gz`` and ``b/T1.nii.gz``, or the same
+    ``image_id`` cell) gets ``-<8 hex of the path>`` on every one of those files. The suffix depends only on the
+    file's path, not on row order, so reordering the CSV keeps every output name.
     """
-    csv_path = Path(csv_path)
-    base = csv_path.parent
-    header, rows = _read_table(csv_path)
-    columns = _resolve_columns(csv_path, header, _NIFTI_COLUMNS, ["path", "subject", "label"])
+    from preprocessing.convert import output_name  # dicom2nifti and pydicom: only needed here
+
+    keys: list[Callable[[dict[str, Any]], str]] = [
+        lambda c: output_name("", c["image_id"]).lower(),  # the pipeline joins on image ids
+        lambda c: output_name(c["subject"], c["image_id"]).lower(),  # and writes files named by both
+    ]
+    for key in keys:
+        groups: dict[str, list[dict[str, Any]]] = {}
+        for candidate in candidates:
+            groups.setdefault(key(candidate), []).append(candidate)
+        for members in (m for m in groups.values() if len(m) > 1):
+            lines = ", ".join(str(m["line"]) for m in members)
+            for member in members:
+                digest = _path_digest(member["resolved"], base)
+                if member["image_id"].endswith(digest):
+                    continue
+                old, member["image_id"] = member["image_id"], f"{member['image_id']}-{digest}"
+                message = (
+                    f"{table.where(member['line'])}: image id {old!r} is shared by the files of lines {lines}; "
+                    f"this one is {member['image_id']}"
+                )
+                discovery.warnings.append(
+                    DiscoveryWarning(
+                        "image_id_renamed", message, table.path, member["line"], member["subject"], member["image_id"]
+                    )
+                )
+
+
+def discover_nifti(csv_path: Path | str, report_unlisted: bool = True) -> Discovery:
+    """Scans from a folder of images described by a small CSV: ``path, subject, label[, visit]``.
+
+    ``path`` is relative to the CSV's folder (absolute paths work too) and must end in ``.nii``, ``.nii.gz`` or
+    ``.mgz`` (others are skipped as ``unsupported_format``); ``label`` is AD/CN or 1/0 (MCI and the like are
+    skipped). Optional columns: ``image_id`` (default: the file name without its suffix; made unique per file, see
+    :func:`_unique_image_ids`), ``sex``, ``age``, ``acq_date``. A row listing a file that an earlier row lists is
+    skipped as ``duplicate_input``; listed files that do not exist are skipped; with ``report_unlisted``, image files
+    under the CSV's folder that no row lists are reported as ``no_csv_row``.
+    """
+    table = read_table(csv_path)
+    base = table.path.parent
+    columns = resolve_columns(table, NIFTI_COLUMNS, ["path", "subject", "label"])
 
     def get(row: dict[str, str], name: str) -> str:
         column = columns.get(name)
         return row.get(column, "") if column else ""
 
-    discovery = Discovery()
-    skip = discovery.skipped.append
-    listed: set[Path] = set()
-    seen_ids: dict[str, int] = {}
-    for line, row in rows:
-        where = f"{csv_path.name} line {line}"
-        subject, raw_path = get(row, "subject"), get(row, "path")
+    discovery = Discovery(source="nifti", include_patterns=(), exclude_patterns=())
+    discovery.warnings += table.warnings
+    outcomes: list[tuple[int, Skipped | dict[str, Any]]] = []  # by row, emitted once image ids are known
+    first_line: dict[Path, dict[str, Any]] = {}
+    for line, row in table.rows:
+        where, raw_subject, raw_path = table.where(line), get(row, "subject"), get(row, "path")
+        subject = normalize_subject_id(raw_subject)
         if not raw_path or not subject:
-            skip(Skipped("bad_row", f"{where}: empty path or subject", None, subject or None, line=line))
-            continue
-        path = Path(raw_path) if Path(raw_path).is_absolute() else base / raw_path
-        listed.add(path.resolve())
-        image_id = _nifti_image_id(get(row, "image_id"), path)
-        if image_id in seen_ids:
-            skip(
-                Skipped(
-                    "duplicate_row",
-                    f"{where}: image {image_id} already listed on line {seen_ids[image_id]}",
-                    image_id,
-                    subject,
-                    path,
-                    line,
-                )
+            outcomes.append(
+                (line, Skipped("bad_row", f"{where}: empty path or subject", None, subject or None, line=line))
             )
             continue
-        seen_ids[image_id] = line
+        path = Path(raw_path) if Path(raw_path).is_absolute() else base / raw_path
+        suffix = _image_suffix(path.name)
+        if suffix is None:
+            reason = f"{where}: {path.name!r} is not a supported image format ({', '.join(NIFTI_SUFFIXES)})"
+            outcomes.append((line, Skipped("unsupported_format", reason, None, subject, path, line)))
+            continue
+        resolved = path.resolve()
+        if resolved in first_line:
+            outcomes.append(
+                (line, {"duplicate_of": first_line[resolved], "line": line, "subject": subject, "path": path})
+            )
+            continue
+        given = get(row, "image_id")
+        image_id = _given_image_id(given) if given else path.name[: -len(suffix)]
+        candidate = {"line": line, "row": row, "subject": subject, "raw_subject": raw_subject, "path": path,
+                     "resolved": resolved, "image_id": image_id}  # fmt: skip
+        first_line[resolved] = candidate
+        outcomes.append((line, candidate))
+        note = subject_warning(raw_subject, table, line)
+        if note is not None:
+            discovery.warnings.append(note)
+    _unique_image_ids([c for _, c in outcomes if isinstance(c, dict) and "row" in c], table, base, discovery)
+
+    skip = discovery.skipped.append
+    for line, outcome in outcomes:
+        if isinstance(outcome, Skipped):
+            skip(outcome)
+            continue
+        where, subject, path = table.where(line), outcome["subject"], outcome["path"]
+        if "duplicate_of" in outcome:
+            first = outcome["duplicate_of"]
+            reason = f"{where}: same file as line {first['line']} ({first['path'].name}); that row is used"
+            skip(Skipped("duplicate_input", reason, first["image_id"], subject, path, line))
+            continue
+        image_id, row = outcome["image_id"], outcome["row"]
         if not path.is_file():
             skip(Skipped("file_missing", f"{where}: file not found: {path}", image_id, subject, path, line))
             continue
@@ -671,73 +611,126 @@ def discover_nifti(csv_path: Path | str, report_unlisted: bool = True) -> Discov
         if group not in LABELS:
             category = "group_excluded" if group in EXCLUDED_GROUPS else "no_label"
             text = "only AD and CN are used" if category == "group_excluded" else "expected AD/CN or 1/0"
-            skip(Skipped(category, f"{where}: label {get(row, 'label')!r}: {text}", image_id, subject, path, line))
+            reason = f"{where}: label {get(row, 'label')!r}: {text}"
+            skip(Skipped(category, reason, image_id, subject, path, line, group=get(row, "label") or None))
             continue
-        try:
-            acq_date = parse_acq_date(get(row, "acq_date"))
-            age = _parse_age(get(row, "age"))
-        except ValueError as error:
-            raise ValueError(f"{csv_path}: line {line}: {error}") from error
+        cells = {"sex": get(row, "sex"), "age": get(row, "age"), "acq_date": get(row, "acq_date")}
+        fields = read_scan_fields(table, line, cells, discovery.warnings, image_id=image_id, subject=subject)
         discovery.scans.append(
             Scan(
                 image_id=image_id,
                 subject=subject,
                 group=group,
                 label=LABELS[group],
-                sex=get(row, "sex") or None,
-                age=age,
+                **fields,
                 visit=get(row, "visit") or None,
-                acq_date=acq_date,
                 description=None,
                 dicom_dir=None,
                 source="nifti",
                 nifti_path=path,
                 label_source="nifti_csv",
+                subject_raw=outcome["raw_subject"],
             )
         )
     if report_unlisted:
-        for candidate in sorted(p for p in base.rglob("*") if p.is_file() and p.name.endswith(_NIFTI_SUFFIXES)):
-            if candidate.resolve() not in listed:
-                skip(Skipped("no_csv_row", f"NIfTI file not listed in {csv_path.name}", path=candidate))
+        for candidate in sorted(p for p in base.rglob("*") if p.is_file() and _image_suffix(p.name)):
+            if candidate.resolve() not in first_line:
+                skip(Skipped("no_csv_row", f"image file not listed in {table.path.name}", path=candidate))
     return discovery
 
 
-def _nifti_image_id(value: str, path: Path) -> str:
-    """The ``image_id`` column (canonical when it is an ADNI id), else the file name without its NIfTI suffix."""
-    text = value.strip()
-    if text:
-        try:
-            return canonical_image_id(text)
-        except ValueError:
-            return text
-    name = path.name
-    for suffix in _NIFTI_SUFFIXES:
-        if name.endswith(suffix):
-            return name[: -len(suffix)]
-    return name
+def _given_image_id(value: str) -> str:
+    """The ``image_id`` cell: canonical when it is an ADNI id, else as written."""
+    try:
+        return canonical_image_id(value)
+    except ValueError:
+        return value.strip()
 
 
 # ---------------------------------------------------------------- report
 
+_WARNING_TITLES = {
+    "encoding": "tables not in UTF-8 (read as Windows-1252 or Latin-1)",
+    "row_shape": "rows with more values than header columns",
+    "bad_field": "unreadable fields left empty",
+    "subject_rewritten": "subject ids rewritten to ADNI's NNN_S_NNNN",
+    "subject_not_adni": "subjects without an ADNI id (NNN_S_NNNN), kept as written",
+    "label_disagreement": "rows whose Group the label table overrides with a different diagnosis",
+    "image_id_renamed": "image ids shared by several files, made unique with a path hash",
+}
+
 
 def discovery_summary(discovery: Discovery) -> dict[str, Any]:
-    """Scans and subjects per group, and skipped images per category (most frequent first)."""
+    """Scans and subjects per group, skipped images per category and warnings per category (most frequent first)."""
     groups: dict[str, dict[str, int]] = {}
     for group in sorted({s.group for s in discovery.scans}):
         members = [s for s in discovery.scans if s.group == group]
-        groups[group] = {"scans": len(members), "subjects": len({_subject_key(s.subject) for s in members})}
+        groups[group] = {"scans": len(members), "subjects": len({subject_key(s.subject) for s in members})}
     skipped = Counter(s.category for s in discovery.skipped)
     return {
         "scans": len(discovery.scans),
-        "subjects": len({_subject_key(s.subject) for s in discovery.scans}),
+        "subjects": len({subject_key(s.subject) for s in discovery.scans}),
         "groups": groups,
         "skipped_total": len(discovery.skipped),
         "skipped": dict(skipped.most_common()),
+        "warnings": dict(Counter(w.category for w in discovery.warnings).most_common()),
     }
 
 
+def warning_lines(discovery: Discovery, examples: int = 3) -> list[str]:
+    """One line per warning category: count, what it means, and the first ``examples`` messages."""
+    lines = []
+    for category, count in Counter(w.category for w in discovery.warnings).most_common():
+        messages = [w.message for w in discovery.warnings if w.category == category]
+        shown = "; ".join(messages[:examples]) + ("; ..." if len(messages) > examples else "")
+        lines.append(f"{count} {_WARNING_TITLES.get(category, category)}: {shown}")
+    return lines
+
+
+def discovery_hints(discovery: Discovery) -> list[str]:
+    """How to fix the skips an option would fix: the descriptions seen most and the ``--series``/``--include-pattern``
+    that selects them, and ``--label-table`` for rows without a diagnosis."""
+    hints = []
+    not_mprage = [s for s in discovery.skipped if s.category == "not_mprage"]
+    if not_mprage:
+        counts = Counter(s.description or "" for s in not_mprage)
+        top = ", ".join(f"{d!r} ({n})" for d, n in counts.most_common(5))
+        hint = f"not_mprage: {len(not_mprage)} images skipped for their series description; most frequent: {top}."
+        for name, patterns in SERIES_PRESETS.items():
+            accepted = sum(n for d, n in counts.items() if select_description(d, patterns, discovery.exclude_patterns))
+            if accepted and tuple(patterns) != discovery.include_patterns:
+                hint += f" --series {name} accepts {accepted} of them."
+        selectable = [d for d, _ in counts.most_common() if select_description(d, [".*"], discovery.exclude_patterns)]
+        exclude = discovery.exclude_patterns
+        others = [d for d in selectable if not any(select_description(d, p, exclude) for p in SERIES_PRESETS.values())]
+        if others:
+            hint += f" To select {others[0]!r}: --include-pattern {_pattern_for(others[0])}."
+        elif selectable:
+            hint += f" Or, for exactly one description: --include-pattern {_pattern_for(selectable[0])}."
+        unlabelled = sum(not _usable_group(s.group) for s in not_mprage)
+        if unlabelled and discovery.label_table is None and discovery.source == "adni":
+            hint += f" {unlabelled} of them have no diagnosis in Group (e.g. 'Patient'): add {_LABEL_TABLE_FIX} too."
+        hints.append(hint)
+    no_label = [s for s in discovery.skipped if s.category == "no_label"]
+    if no_label:
+        column = "label" if discovery.source == "nifti" else "Group"
+        written = Counter(s.group or "" for s in no_label).most_common(3)
+        groups = f"{column} " + ", ".join(f"{g!r} {n}" for g, n in written)
+        if discovery.source == "nifti":
+            fix = "write AD/CN or 1/0 in the label column"
+        elif discovery.label_table is None:
+            fix = f"give diagnoses by subject with {_LABEL_TABLE_FIX}"
+        else:
+            fix = f"their subjects are not in {discovery.label_table.name}: add them there"
+        hints.append(f"no_label: {len(no_label)} images without a usable diagnosis ({groups}): {fix}.")
+    unsupported = sum(s.category == "unsupported_format" for s in discovery.skipped)
+    if unsupported:
+        hints.append(f"unsupported_format: {unsupported} files; convert them to one of {', '.join(NIFTI_SUFFIXES)}.")
+    return hints
+
+
 def write_discovery_report(discovery: Discovery, path: Path | str) -> Path:
-    """Write the summary and every skipped item: JSON for a ``.json`` path, readable text otherwise.
+    """Write the summary, hints, warnings and every skipped item: JSON for a ``.json`` path, readable text otherwise.
 
     The report is what explains the cohort size (dissertation 4.1.4) and lists what to fix in a download.
     """
@@ -745,7 +738,12 @@ def write_discovery_report(discovery: Discovery, path: Path | str) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     summary = discovery_summary(discovery)
     if path.suffix.lower() == ".json":
-        payload = {"summary": summary, "skipped": [s.as_record() for s in discovery.skipped]}
+        payload = {
+            "summary": summary,
+            "hints": discovery_hints(discovery),
+            "warnings": [w.as_record() for w in discovery.warnings],
+            "skipped": [s.as_record() for s in discovery.skipped],
+        }
         path.write_text(json.dumps(payload, indent=2) + "\n")
         return path
     lines = [f"Scans kept: {summary['scans']} from {summary['subjects']} subjects"]
@@ -754,6 +752,12 @@ def write_discovery_report(discovery: Discovery, path: Path | str) -> Path:
     lines.append(f"Skipped: {summary['skipped_total']}")
     for category, count in summary["skipped"].items():
         lines.append(f"  {category}: {count}")
+    lines += [f"Hint: {hint}" for hint in discovery_hints(discovery)]
+    if discovery.warnings:
+        lines += ["", f"Warnings: {len(discovery.warnings)}"]
+        for category in summary["warnings"]:
+            lines.append(f"[{category}] {_WARNING_TITLES.get(category, category)}")
+            lines += [f"  {w.message}" for w in discovery.warnings if w.category == category]
     for category in summary["skipped"]:
         lines.append("")
         lines.append(f"[{category}]")

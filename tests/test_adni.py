@@ -171,6 +171,7 @@ def test_collection_csv_with_and_without_quotes(tmp_path, quoted, sep):
         source="adni",
         nifti_path=None,
         label_source="collection_csv",
+        subject_raw="002_S_0295",
     )
     scans = _by_id(found.scans)
     assert (scans["I118671"].dicom_dir, scans["I118671"].acq_date, scans["I118671"].visit) == (cn2, "2007-06-01", "m12")
@@ -300,7 +301,7 @@ def test_missing_folders_and_folders_without_rows(tmp_path):
     assert [s.image_id for s in found.scans] == ["I1"]
     categories = sorted((s.category, s.image_id) for s in found.skipped)
     assert categories == [
-        ("duplicate_row", "I1"),
+        ("duplicate_input", "I1"),
         ("folder_missing", "I2"),
         ("group_excluded", "I3"),
         ("no_csv_row", "I777"),
@@ -337,10 +338,15 @@ def test_series_folders_are_matched_by_file_name_or_visit(tmp_path):
     assert (unmatched.category, unmatched.path) == ("unmatched_folder", unknown)
 
 
-def test_bad_date_in_csv_is_a_clear_error(tmp_path):
+def test_bad_date_in_csv_is_a_warning_naming_file_and_line(tmp_path):
+    # Was an error that aborted discovery; a bad date now leaves acq_date empty and says where (issue: messy tables).
     csv_path = _write_csv(tmp_path / "collection.csv", [_row("I1", "002_S_0295", "CN", date="18/04/2006")], HEADER)
-    with pytest.raises(ValueError, match=r"collection\.csv: line 2: invalid date '18/04/2006'"):
-        discover_adni(csv_path, None)
+    found = discover_adni(csv_path, None)
+    (scan,) = found.scans
+    assert scan.acq_date is None
+    (warning,) = found.warnings
+    assert warning.category == "bad_field" and warning.line == 2
+    assert warning.message.startswith("collection.csv:2: invalid date '18/04/2006'")
 
 
 def test_discovery_report(tmp_path):
