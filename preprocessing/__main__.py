@@ -21,27 +21,40 @@ def _add_input_arguments(parser: argparse.ArgumentParser) -> None:
     source.add_argument("--label-subject-column", help="subject column of --label-table (guessed if not given)")
     source.add_argument("--label-column", help="label column of --label-table (guessed if not given)")
     source.add_argument(
+        "--series", choices=list(adni.SERIES_PRESETS), default=None,
+        help="which series descriptions to select: mprage (default: MPRAGE without accelerated variants), "
+        "any-mprage (also accelerated MPRAGE), adni-processed (ADNI's pre-processed exports: 'MPR; GradWarp; "
+        "B1 Correction', 'MPR-R; GradWarp', 'MPR; GradWarp; B1 Correction; N3; Scaled', 'MT1; N3m', ...)",
+    )  # fmt: skip
+    source.add_argument(
         "--include-pattern", action="append", help="regex a series description must match (repeatable); "
-        "default: MPRAGE without accelerated variants",
+        "replaces the default series, or adds to an explicit --series",
     )  # fmt: skip
     source.add_argument("--exclude-pattern", action="append", help="regex that rules a description out (repeatable)")
-    source.add_argument("--nifti-csv", type=Path, help="CSV with path, subject, label[, visit] for NIfTI input")
+    source.add_argument(
+        "--nifti-csv", type=Path, help="CSV with path, subject, label[, visit] for .nii, .nii.gz or .mgz input"
+    )
 
 
 def _discover(args: argparse.Namespace) -> adni.Discovery:
-    if args.nifti_csv:
-        return adni.discover_nifti(args.nifti_csv)
-    if not args.collection_csv:
-        sys.exit("error: give --collection-csv (with --adni) for an ADNI download, or --nifti-csv for NIfTI files")
-    return adni.discover_adni(
-        args.collection_csv,
-        args.adni,
-        include_patterns=tuple(args.include_pattern or adni.DEFAULT_MPRAGE_PATTERNS),
-        exclude_patterns=tuple(args.exclude_pattern or adni.DEFAULT_EXCLUDE_PATTERNS),
-        label_table=args.label_table,
-        label_subject_column=args.label_subject_column,
-        label_column=args.label_column,
-    )
+    # A table that cannot be used at all (missing, empty, a required column absent) is a usage error: its message
+    # names the file and the column, a traceback would only bury it.
+    try:
+        if args.nifti_csv:
+            return adni.discover_nifti(args.nifti_csv)
+        if not args.collection_csv:
+            sys.exit("error: give --collection-csv (with --adni) for an ADNI download, or --nifti-csv for NIfTI files")
+        return adni.discover_adni(
+            args.collection_csv,
+            args.adni,
+            include_patterns=adni.series_patterns(args.series, args.include_pattern),
+            exclude_patterns=tuple(args.exclude_pattern or adni.DEFAULT_EXCLUDE_PATTERNS),
+            label_table=args.label_table,
+            label_subject_column=args.label_subject_column,
+            label_column=args.label_column,
+        )
+    except (adni.TableError, FileNotFoundError) as error:
+        sys.exit(f"error: {error}")
 
 
 def _print_discovery(discovery: adni.Discovery, report: Path) -> None:
@@ -52,6 +65,10 @@ def _print_discovery(discovery: adni.Discovery, report: Path) -> None:
     if summary["skipped_total"]:
         reasons = ", ".join(f"{category} {count}" for category, count in summary["skipped"].items())
         print(f"Skipped {summary['skipped_total']}: {reasons} (details in {report})")
+    for line in adni.warning_lines(discovery, examples=3):
+        print(f"Warning: {line}")
+    for hint in discovery.hints():
+        print(f"Hint: {hint}")
 
 
 def cmd_discover(args: argparse.Namespace) -> int:
@@ -64,10 +81,27 @@ def cmd_discover(args: argparse.Namespace) -> int:
     return 0
 
 
+def _qc_overrides(pairs: list[str] | None) -> dict:
+    """``--qc-set key=value`` pairs as QC threshold overrides (values read as JSON: numbers, lists, true/false)."""
+    from scripts.plan import default_qc_thresholds
+
+    known, overrides = default_qc_thresholds(), {}
+    for pair in pairs or []:
+        key, sep, value = pair.partition("=")
+        if not sep or key not in known:
+            sys.exit(f"error: --qc-set {pair!r}: expected KEY=VALUE with KEY one of {sorted(known)}")
+        try:
+            overrides[key] = json.loads(value)
+        except json.JSONDecodeError:
+            sys.exit(f"error: --qc-set {pair!r}: the value must be JSON (e.g. 3.5, [700, 2100], false)")
+    return overrides
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from preprocessing.pipeline import qc_overview, run_batch
+    from preprocessing.pipeline import STATUS_QC_FAILED, qc_overview, run_batch
+    from scripts.plan import build_plan, write_plan
 
     discovery = _discover(args)
     args.out.mkdir(parents=True, exist_ok=True)
@@ -76,22 +110,32 @@ def cmd_run(args: argparse.Namespace) -> int:
     overrides = {"skull_stripper": args.skull_stripper, "spatial_size": args.spatial_size, "spacing": args.spacing}
     if args.synthstrip_weights:
         overrides["synthstrip_weights"] = str(args.synthstrip_weights)
-    if args.skull_stripper == "synthstrip":
-        from scripts.skull_strip import resolve_synthstrip_weights
-
-        resolve_synthstrip_weights(args.synthstrip_weights)  # fail now, with the fix, rather than once per scan
+    # Resolves the SynthStrip weights too: fails now, with the fix, rather than once per scan.
+    try:
+        plan = build_plan(overrides, _qc_overrides(args.qc_set))
+    except FileNotFoundError as error:  # no SynthStrip weights: the message says where to put them
+        sys.exit(f"error: {error}")
+    plan_path = write_plan(plan, args.out)  # refuses a folder that holds volumes made with other settings
     records = [scan.as_record() for scan in discovery.scans]
-    rows = run_batch(records, args.out, args.workers, overrides, make_qc=not args.no_qc, progress=tqdm)
-    failed = [row for row in rows if row.get("status") != "ok"]
-    print(f"\nPreprocessed {len(rows) - len(failed)} of {len(rows)} scans into {args.out / 'images'}")
-    if failed:
-        print(f"{len(failed)} failed:")
-        for row in failed:
-            print(f"  {row['image_id']} ({row['subject']}): {row['error']}")
+    rows = run_batch(
+        records, args.out, args.workers, overrides, make_qc=not args.no_qc, progress=tqdm, qc_thresholds=plan["qc"]
+    )
+    failed = [row for row in rows if row.get("status") not in ("ok", STATUS_QC_FAILED)]
+    refused = [row for row in rows if row.get("status") == STATUS_QC_FAILED]
+    warned = [row for row in rows if row.get("status") == "ok" and row.get("qc_status") == "warn"]
+    usable = len(rows) - len(failed) - len(refused)
+    print(f"\nPreprocessed {usable} of {len(rows)} scans into {args.out / 'images'}")
+    for title, group, key in (("failed", failed, "error"), ("refused by quality control", refused, "qc_reasons"),
+                              ("passed with QC warnings", warned, "qc_reasons")):  # fmt: skip
+        if group:
+            print(f"{len(group)} {title}:")
+            for row in group:
+                print(f"  {row['image_id']} ({row['subject']}): {row.get(key)}")
     print(f"Manifest: {args.out / 'manifest.csv'}")
+    print(f"Plan:     {plan_path}")
     if not args.no_qc:
         print(f"QC page:  {qc_overview(rows, args.out)}")
-    return 0 if len(failed) < len(rows) else 1  # partial failures are reported above, not fatal
+    return 0 if usable else 1  # partial failures are reported above, not fatal
 
 
 def cmd_split(args: argparse.Namespace) -> int:
@@ -99,14 +143,21 @@ def cmd_split(args: argparse.Namespace) -> int:
     from scripts import cohort
 
     manifest = args.manifest or args.out / "manifest.csv"
-    rows = [row for row in read_manifest(manifest) if row.get("status") == "ok"]
+    all_rows = read_manifest(manifest)
+    rows = [row for row in all_rows if row.get("status") == "ok"]
+    left_out = [row for row in all_rows if row.get("status") != "ok"]
+    if left_out:
+        print(f"Left out {len(left_out)} scans that failed preprocessing or quality control (see {manifest}):")
+        for row in left_out:
+            print(f"  {row.get('image_id')} ({row.get('subject')}): {row.get('status')}: {row.get('error')}")
     if not rows:
         sys.exit(f"error: no preprocessed scans with status ok in {manifest}; run 'python -m preprocessing run' first")
     scans = [
         {
             "image": row["output"],
             "label": int(row["label"]),
-            "subject": row["subject"],
+            # Old manifests may hold hand-mangled ids: one person must be one subject before the split.
+            "subject": adni.normalize_subject_id(row["subject"]),
             "image_id": row["image_id"],
             **({"date": row["acq_date"]} if row.get("acq_date") else {}),
         }
@@ -181,6 +232,13 @@ def cmd_synth(args: argparse.Namespace) -> int:
     return 0
 
 
+def _chain_defaults() -> dict:
+    """The chain's defaults, read from bundle/configs/preprocess.json (their one source)."""
+    from scripts.plan import default_settings
+
+    return default_settings()
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m preprocessing", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -194,15 +252,26 @@ def build_parser() -> argparse.ArgumentParser:
     _add_input_arguments(run)
     run.add_argument("--out", type=Path, required=True, help="output folder (images/, masks/, qc/, manifest.csv)")
     run.add_argument("--workers", type=int, default=None, help="worker processes (default: one per CPU core)")
+    defaults = _chain_defaults()
     run.add_argument(
-        "--skull-stripper", choices=["synthstrip", "deepbet", "none"], default="synthstrip",
-        help="synthstrip (dissertation; needs synthstrip.1.pt), deepbet (offline), none (input already stripped)",
+        "--skull-stripper", choices=["synthstrip", "deepbet", "none"], default=defaults["skull_stripper"],
+        help="synthstrip (dissertation; needs synthstrip.1.pt), deepbet (offline), none (input already stripped); "
+        f"default {defaults['skull_stripper']}",
     )  # fmt: skip
     run.add_argument("--synthstrip-weights", type=Path, help="synthstrip.1.pt (default: $FREESURFER_HOME/models/)")
-    run.add_argument("--spatial-size", type=int, default=128, help="edge of the output cube in voxels (default 128)")
     run.add_argument(
-        "--spacing", type=float, default=1.0, help="isotropic resampling before the crop, in mm (default 1.0)"
-    )
+        "--spatial-size", type=int, default=defaults["spatial_size"],
+        help=f"edge of the output cube in voxels (default {defaults['spatial_size']})",
+    )  # fmt: skip
+    run.add_argument(
+        "--spacing", type=float, default=defaults["spacing"],
+        help=f"isotropic resampling before the crop, in mm (default {defaults['spacing']})",
+    )  # fmt: skip
+    run.add_argument(
+        "--qc-set", action="append", metavar="KEY=VALUE",
+        help="override one quality-control threshold of configs/preprocess.json 'qc' (repeatable), "
+        "e.g. max_slice_spacing_mm=3.5",
+    )  # fmt: skip
     run.add_argument("--no-qc", action="store_true", help="skip the QC pictures")
     run.set_defaults(func=cmd_run)
 
@@ -251,7 +320,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    return args.func(args)
+    try:
+        return args.func(args)
+    except KeyboardInterrupt:
+        # run_batch has saved the manifest and said what is left; a traceback would bury that.
+        print("error: interrupted; run the same command again to resume", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -24,7 +24,7 @@ import re
 import shlex
 from collections import Counter
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +39,7 @@ from preprocessing.tables import (
     TableColumnError,
     TableError,
     canonical_image_id,
+    json_record,
     load_label_table,
     normalize_group,
     parse_acq_date,
@@ -115,7 +116,7 @@ class Scan:
 
     def as_record(self) -> dict[str, Any]:
         """A JSON-serialisable dict (paths as strings)."""
-        return {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(self).items()}
+        return json_record(self)
 
 
 @dataclass(frozen=True)
@@ -140,7 +141,7 @@ class Skipped:
 
     def as_record(self) -> dict[str, Any]:
         """A JSON-serialisable dict (paths as strings)."""
-        return {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(self).items()}
+        return json_record(self)
 
 
 @dataclass

@@ -83,6 +83,11 @@ class TableColumnError(TableError):
     """A required column is missing from a CSV file; the message names the file and the column."""
 
 
+def json_record(item: Any) -> dict[str, Any]:
+    """A dataclass as a JSON-serialisable dict (paths as strings)."""
+    return {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(item).items()}
+
+
 @dataclass(frozen=True)
 class DiscoveryWarning:
     """Something discovery read around rather than refused; ``message`` starts with ``file:line`` where known.
@@ -102,7 +107,7 @@ class DiscoveryWarning:
 
     def as_record(self) -> dict[str, Any]:
         """A JSON-serialisable dict (paths as strings)."""
-        return {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(self).items()}
+        return json_record(self)
 
 
 @dataclass(frozen=True)

@@ -64,7 +64,9 @@ def trained(dataset, tmp_path_factory) -> tuple[Path, subprocess.CompletedProces
 def test_training_saves_three_kinds_of_checkpoint(trained):
     run_dir, result = trained
     models = run_dir / "models"
-    assert sorted(p.name for p in models.iterdir()) == ["best_loss_model.pt", "checkpoint_epoch=2.pt", "model.pt"]
+    # Two per-epoch checkpoints are kept, so a newest one broken by a crash can be skipped when resuming.
+    names = sorted(p.name for p in models.iterdir())
+    assert names == ["best_loss_model.pt", "checkpoint_epoch=1.pt", "checkpoint_epoch=2.pt", "model.pt"]
     best = torch.load(models / "model.pt", weights_only=True)
     assert best["net.fc.weight"].shape == (2, 512) and best["net.stem.0.weight"].shape == (64, 1, 3, 7, 7)
     epoch = torch.load(models / "checkpoint_epoch=2.pt", weights_only=True)
@@ -110,14 +112,15 @@ def test_inference_writes_softmax_probabilities(trained, dataset):
     out = run_dir / "infer"
     bundle_cli(
         "run", "--config_file", "configs/inference.json", "--dataset_dir", str(dataset / "images"),
-        "--ckpt_dir", str(run_dir / "models"), "--output_dir", str(out), "--num_workers", "0",
+        "--ckpt_dir", str(run_dir / "models"), "--output_dir", str(out), "--num_workers", "0", "--raw_input", "False",
     )  # fmt: skip
-    rows = list(csv.reader((out / "predictions.csv").open()))
+    rows = list(csv.DictReader((out / "predictions.csv").open()))
     assert len(rows) == 8
-    for filename, prob_cn, prob_ad in rows:
-        assert Path(filename).name.endswith(".nii.gz")
-        assert float(prob_cn) + float(prob_ad) == pytest.approx(1.0, abs=1e-5)
-        assert 0.0 < float(prob_ad) < 1.0  # probabilities, not one-hot
+    for row in rows:
+        assert Path(row["file"]).name == row["image_id"] + ".nii.gz" and row["status"] == "ok"
+        assert float(row["prob_CN"]) + float(row["prob_AD"]) == pytest.approx(1.0, abs=1e-5)
+        assert 0.0 < float(row["prob_AD"]) < 1.0  # probabilities, not one-hot
+        assert row["prediction"] == ("AD" if float(row["prob_AD"]) > 0.5 else "CN")
 
 
 def test_inference_from_raw_t1_runs_the_declared_preprocessing(trained, tmp_path):
@@ -132,13 +135,14 @@ def test_inference_from_raw_t1_runs_the_declared_preprocessing(trained, tmp_path
         nib.save(nib.Nifti1Image(stripped, affine).as_reoriented(to_psr), str(raw / f"scan{seed}.nii.gz"))
     out = tmp_path / "infer_raw"
     result = bundle_cli(
-        "run", "--config_file", "configs/inference.json", "--dataset_dir", str(raw), "--raw_input", "True",
+        "run", "--config_file", "configs/inference.json", "--dataset_dir", str(raw), "--force_qc", "True",
         "--preprocess_overrides#skull_stripper", "none", "--preprocess_overrides#spatial_size", "32",
         "--ckpt_dir", str(trained[0] / "models"), "--output_dir", str(out), "--num_workers", "0",
     )  # fmt: skip
-    rows = list(csv.reader((out / "predictions.csv").open()))
-    assert [Path(r[0]).name for r in rows] == ["scan0.nii.gz", "scan1.nii.gz"]
-    assert all(float(r[1]) + float(r[2]) == pytest.approx(1.0, abs=1e-5) for r in rows)
+    rows = list(csv.DictReader((out / "predictions.csv").open()))
+    assert [Path(r["file"]).name for r in rows] == ["scan0.nii.gz", "scan1.nii.gz"]
+    assert all(float(r["prob_CN"]) + float(r["prob_AD"]) == pytest.approx(1.0, abs=1e-5) for r in rows)
+    assert all(r["qc_status"] in ("pass", "warn", "fail") for r in rows)  # judged, and forced through if it failed
     assert "N4" not in result.stderr  # no warnings or errors from the chain
 
 

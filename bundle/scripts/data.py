@@ -1,4 +1,4 @@
-"""Datalist handling: reading partitions, refusing subject leakage, class weights for the loss."""
+"""Datalist handling: validating and reading partitions, refusing subject leakage, class weights for the loss."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import json
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 from monai.data import load_decathlon_datalist
@@ -14,8 +15,29 @@ PARTITIONS = ("training", "validation", "test")
 CLASS_NAMES = ("CN", "AD")  # label 0 and label 1
 
 
+class BundleInputError(SystemExit):
+    """A bundle input (datalist, weights, checkpoint, option) is wrong; the message names it and the fix.
+
+    Derived from SystemExit, not ValueError, on purpose: MONAI wraps every ``Exception`` raised while it evaluates a
+    ``$`` expression or instantiates a ``_target_`` (monai/bundle/config_item.py, monai/utils/module.py) into a
+    ``RuntimeError: Failed to evaluate ...`` traceback that buries the message. A SystemExit passes those
+    ``except Exception`` clauses, fire and ignite unchanged, and the interpreter prints only its message (which starts
+    with ``error: ``) as the last line and exits with status 1. Python callers catch ``BundleInputError`` (or read
+    ``.message``); the pure checks such as :func:`datalist_problems` and :func:`read_datalist` raise nothing or
+    ordinary ValueErrors.
+    """
+
+    def __init__(self, message: str) -> None:
+        self.message = message
+        super().__init__(f"error: {message}")
+
+
 class SubjectLeakageError(ValueError):
     """A subject appears in more than one partition of a datalist."""
+
+
+class DatalistError(ValueError):
+    """A datalist file cannot be read as a datalist (missing, not JSON, not an object of partitions)."""
 
 
 def read_datalist(path: str | Path) -> dict[str, list[dict]]:
@@ -26,10 +48,109 @@ def read_datalist(path: str | Path) -> dict[str, list[dict]]:
             f"Datalist not found: {path}. Create it with the data-preparation CLI (see README) or pass "
             f"--datalist <path> to the bundle."
         )
-    with path.open() as f:
-        datalist = json.load(f)
+    try:
+        datalist = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise DatalistError(
+            f"Datalist {path} is not valid JSON: {err.msg} at line {err.lineno}, column {err.colno}."
+        ) from None
+    except UnicodeDecodeError:
+        raise DatalistError(f"Datalist {path} is not a text (JSON) file.") from None
     if not isinstance(datalist, dict) or not any(k in datalist for k in PARTITIONS):
-        raise ValueError(f"{path} is not a datalist: expected a JSON object with keys {PARTITIONS}.")
+        raise DatalistError(f"{path} is not a datalist: expected a JSON object with keys {PARTITIONS}.")
+    return datalist
+
+
+def label_meaning(num_classes: int = 2) -> str:
+    """``0=CN, 1=AD``: the label convention, as messages spell it."""
+    if num_classes == len(CLASS_NAMES):
+        return ", ".join(f"{i}={name}" for i, name in enumerate(CLASS_NAMES))
+    return f"0 to {num_classes - 1}"
+
+
+def datalist_problems(
+    datalist: Mapping[str, Any],
+    dataset_dir: str | Path,
+    num_classes: int = 2,
+    require: Sequence[str] = ("training", "validation"),
+    source: str = "the datalist",
+) -> list[str]:
+    """Every problem of a parsed datalist, one sentence each naming partition, entry index and image; [] if none.
+
+    ``require``: partitions that must exist with entries and whose images must exist under ``dataset_dir``. Other
+    partitions present are checked for labels and subjects only (a test set may be empty while training).
+    """
+    problems: list[str] = []
+    meaning = label_meaning(num_classes)
+    found = [p for p in PARTITIONS if p in datalist]
+    for partition in require:
+        if partition not in datalist:
+            problems.append(
+                f"{source} has no '{partition}' partition (it has: {', '.join(found) or 'none'}); "
+                f"this workflow needs {', '.join(repr(p) for p in require)}."
+            )
+        elif not isinstance(datalist[partition], list) or not datalist[partition]:
+            problems.append(f"the '{partition}' partition of {source} has no entries.")
+    for partition in found:
+        entries = datalist[partition]
+        if not isinstance(entries, list):
+            continue
+        for index, entry in enumerate(entries):
+            where = f"{partition} entry {index}"
+            if not isinstance(entry, Mapping):
+                problems.append(f"{where} of {source} is not a JSON object: {entry!r}.")
+                continue
+            image = entry.get("image")
+            if not isinstance(image, str) or not image:
+                problems.append(f"{where} of {source} has no 'image' path: {dict(entry)}.")
+                continue
+            where = f"{where} ({image})"
+            if partition in require and not (Path(dataset_dir) / image).exists():
+                problems.append(f"{where} of {source}: the image does not exist under dataset_dir={dataset_dir}.")
+            label = entry.get("label")
+            # bool is an int in Python, and "1"/1.0 would collate to strings/floats the loss cannot use.
+            if "label" not in entry:
+                problems.append(f"{where} of {source} has no 'label'; labels are {meaning}.")
+            elif isinstance(label, bool) or not isinstance(label, int) or not 0 <= label < num_classes:
+                problems.append(f"{where} of {source} has label {label!r}; labels are {meaning}.")
+            if entry.get("subject") in (None, ""):
+                problems.append(f"{where} of {source} has no 'subject' id; it is needed to check subject leakage.")
+    training = datalist.get("training")
+    if "training" in require and isinstance(training, list) and training and not problems:
+        present = {entry["label"] for entry in training}
+        if len(present) < num_classes:
+            names = ", ".join(f"{_class_name(c, num_classes)} (label {c})" for c in sorted(present))
+            problems.append(
+                f"the 'training' partition of {source} holds only {names} scans; training needs every class "
+                f"({meaning})."
+            )
+    if not problems:
+        try:
+            check_no_subject_leakage(datalist)
+        except SubjectLeakageError as err:
+            problems.append(f"{source}: {err}.")
+    return problems
+
+
+def validate_datalist(
+    datalist_path: str | Path,
+    dataset_dir: str | Path,
+    num_classes: int = 2,
+    require: Sequence[str] = ("training", "validation"),
+) -> dict[str, list[dict]]:
+    """Check the datalist before anything is built; raise :class:`BundleInputError` with its first problem.
+
+    The workflows call this first in ``initialize`` so a wrong label or a missing image is reported in one line
+    before the network, loss or datasets exist. Returns the parsed datalist.
+    """
+    try:
+        datalist = read_datalist(datalist_path)
+    except (FileNotFoundError, DatalistError) as err:
+        raise BundleInputError(str(err)) from None
+    problems = datalist_problems(datalist, dataset_dir, num_classes, tuple(require), source=str(datalist_path))
+    if problems:
+        more = f" ({len(problems) - 1} more problem(s) in this datalist.)" if len(problems) > 1 else ""
+        raise BundleInputError(problems[0] + more)
     return datalist
 
 
@@ -83,3 +204,7 @@ def class_weights(items: Iterable[Mapping], num_classes: int = 2, device: str | 
         raise ValueError("Cannot compute class weights from an empty training partition.")
     weights = [total / (num_classes * counts[c]) if counts[c] else 1.0 for c in range(num_classes)]
     return torch.tensor(weights, dtype=torch.float32, device=device)
+
+
+def _class_name(label: int, num_classes: int) -> str:
+    return CLASS_NAMES[label] if num_classes == len(CLASS_NAMES) else f"class {label}"

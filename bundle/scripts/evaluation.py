@@ -14,6 +14,8 @@ import torch
 from ignite.engine import Engine, Events
 from sklearn import metrics as skm
 
+from .data import BundleInputError
+
 logger = logging.getLogger(__name__)
 
 PREDICTION_COLUMNS = ("image_id", "subject", "label", "prob_AD", "prediction")
@@ -119,9 +121,9 @@ def _atomic_write(path: Path, text: str) -> None:
 
 
 def require_trained_model(path: str | Path) -> None:
-    """Fail early, with the fix, when the model to evaluate does not exist."""
+    """Fail early, with the fix, when the model to evaluate does not exist (one line: a BundleInputError)."""
     if not Path(path).is_file():
-        raise FileNotFoundError(
+        raise BundleInputError(
             f"No trained model at {path}. Train first (python -m monai.bundle run training --config_file "
             f"configs/train.json ...), or pass --ckpt_dir <folder holding model.pt> or --model_file <path>."
         )

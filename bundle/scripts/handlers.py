@@ -4,7 +4,8 @@
 - ``NonFiniteLossGuard``: a NaN/inf loss never updates weights; repeated ones stop training with a clear error.
 - ``DualEarlyStopping``: stops only when neither validation accuracy nor validation loss improved for ``patience``
   validations (ignite's EarlyStopping follows a single score).
-- ``ResumeFromLatestCheckpoint``: finds the newest per-epoch checkpoint and loads it with MONAI's CheckpointLoader.
+- ``ResumeFromLatestCheckpoint``: resumes from the newest intact per-epoch checkpoint (an unreadable newest one,
+  e.g. cut short by a crash, is skipped with a warning).
 - ``BestMetricTrackerState``: lets a per-epoch checkpoint carry the best-so-far scores of MONAI's CheckpointSavers.
 """
 
@@ -19,9 +20,13 @@ from typing import Any
 
 import torch
 from ignite.engine import Engine, Events
+from ignite.handlers import Checkpoint
 from monai.engines.utils import IterationEvents
-from monai.handlers import CheckpointLoader, CheckpointSaver
+from monai.handlers import CheckpointSaver
 from monai.utils import set_determinism
+
+from .checkpoints import read_checkpoint, state_dict_problem
+from .data import BundleInputError
 
 logger = logging.getLogger(__name__)
 
@@ -190,21 +195,51 @@ class BestMetricTrackerState:
         self.saver.load_state_dict(state)
 
 
-def latest_epoch_checkpoint(ckpt_dir: str | Path) -> Path | None:
-    """The per-epoch checkpoint with the highest epoch number in ``ckpt_dir``, or None."""
+def epoch_checkpoints(ckpt_dir: str | Path) -> list[Path]:
+    """The per-epoch checkpoints ``checkpoint_epoch=N.pt`` in ``ckpt_dir``, newest (highest N) first."""
     ckpt_dir = Path(ckpt_dir)
     if not ckpt_dir.is_dir():
-        return None
+        return []
     found = [(int(m.group(1)), p) for p in ckpt_dir.iterdir() if (m := EPOCH_CHECKPOINT_PATTERN.search(p.name))]
-    return max(found)[1] if found else None
+    return [p for _, p in sorted(found, reverse=True)]
+
+
+def latest_epoch_checkpoint(ckpt_dir: str | Path) -> Path | None:
+    """The per-epoch checkpoint with the highest epoch number in ``ckpt_dir``, or None."""
+    found = epoch_checkpoints(ckpt_dir)
+    return found[0] if found else None
+
+
+EPOCH_CHECKPOINT_EXPECTED = "a per-epoch training checkpoint of this bundle (checkpoint_epoch=N.pt)"
+
+
+def training_checkpoint_problem(checkpoint: Any, load_dict: Mapping[str, Any]) -> str | None:
+    """Why a loaded per-epoch checkpoint cannot restore ``load_dict``, in words; None when it can."""
+    if not isinstance(checkpoint, Mapping):
+        return f"it holds a {type(checkpoint).__name__}, not a dict of training state"
+    missing = [key for key in load_dict if key not in checkpoint]
+    if missing:
+        return (
+            f"it lacks {', '.join(missing)} (written by another version of the bundle, or not a per-epoch checkpoint)"
+        )
+    network = load_dict.get("model")
+    if isinstance(network, torch.nn.Module):
+        if not isinstance(checkpoint["model"], Mapping):
+            return "its 'model' entry is not a state dict"
+        return state_dict_problem(checkpoint["model"], network)
+    return None
 
 
 class ResumeFromLatestCheckpoint:
-    """Resume an interrupted run from the newest ``checkpoint_epoch=N.pt`` in ``ckpt_dir`` (if ``enabled``).
+    """Resume an interrupted run from the newest intact ``checkpoint_epoch=N.pt`` in ``ckpt_dir`` (if ``enabled``).
 
-    Loading (network, optimizer, scheduler, trainer state, early-stopping and best-model tracking) is done by MONAI's
-    CheckpointLoader; this handler only finds the file. Must be the first trainer handler so the state is restored
-    before anything else reads it.
+    The candidates are read (``torch.load(weights_only=True)``) and checked when the handler is attached, before the
+    trainer runs. A newest file that cannot be read, typically one cut short when the machine stopped while saving,
+    is skipped with a warning and the previous one is used (the per-epoch saver keeps two, so at most one epoch is
+    trained again). No intact file at all stops with one line naming the files and the fix. The state (network,
+    optimizer, scheduler, trainer, early stopping, best-model tracking) is restored at ``Events.STARTED``, as MONAI's
+    CheckpointLoader does, since ``Engine.run`` would otherwise reset the trainer's epoch. Must be the first trainer
+    handler so the state is restored before anything else reads it.
 
     Args:
         ckpt_dir: folder of the per-epoch checkpoints.
@@ -221,16 +256,60 @@ class ResumeFromLatestCheckpoint:
         self.enabled = enabled
         self.map_location = map_location
         self.loaded_from: Path | None = None
+        self.skipped: list[Path] = []
+        self._checkpoint: Mapping[str, Any] | None = None
 
     def attach(self, engine: Engine) -> None:
         if not self.enabled:
             return
-        latest = latest_epoch_checkpoint(self.ckpt_dir)
-        if latest is None:
+        candidates = epoch_checkpoints(self.ckpt_dir)
+        if not candidates:
             return
-        logger.info(f"Resuming training from {latest}.")
-        CheckpointLoader(load_path=str(latest), load_dict=self.load_dict, map_location=self.map_location).attach(engine)
-        self.loaded_from = latest
+        broken: list[tuple[Path, str]] = []
+        for path in candidates:
+            try:
+                checkpoint = read_checkpoint(path, EPOCH_CHECKPOINT_EXPECTED, self.map_location)
+            except BundleInputError as err:
+                broken.append((path, err.message))
+                continue
+            problem = training_checkpoint_problem(checkpoint, self.load_dict)
+            if problem is None:
+                break
+            broken.append((path, f"{path} does not fit this run: {problem}"))
+            checkpoint = None  # free it before reading the next candidate
+        else:
+            details = " ".join(reason for _, reason in broken)
+            raise BundleInputError(
+                f"cannot resume training: no intact per-epoch checkpoint in {self.ckpt_dir}. {details} Move these "
+                f"files away, or start afresh with --resume False."
+            )
+        self.skipped = [p for p, _ in broken]
+        for skipped, reason in broken:
+            logger.warning(f"Skipping {skipped.name} for resuming: {reason}")
+        if broken:
+            logger.warning(
+                f"Resuming from {path.name}, older than {broken[0][0].name}: the epochs after it are trained again."
+            )
+        epoch = int(EPOCH_CHECKPOINT_PATTERN.search(path.name).group(1))
+        max_epochs = engine.state.max_epochs
+        if max_epochs is not None and epoch > max_epochs:
+            raise BundleInputError(
+                f"{path} is at epoch {epoch}, beyond max_epochs {max_epochs}: pass --train#trainer#max_epochs "
+                f"{epoch + 1} or more to continue it, or --resume False to start afresh."
+            )
+        logger.info(f"Resuming training from {path}.")
+        self._checkpoint = checkpoint
+        self.loaded_from = path
+        engine.add_event_handler(Events.STARTED, self._restore)
+
+    def _restore(self, engine: Engine) -> None:
+        if self._checkpoint is None:  # restored once: a second run of the trainer continues from its own state
+            return
+        prior_max_epochs = engine.state.max_epochs  # the checkpoint's own max_epochs must not win
+        Checkpoint.load_objects(to_load=self.load_dict, checkpoint=self._checkpoint, strict=True)
+        engine.state.max_epochs = prior_max_epochs
+        self._checkpoint = None
+        logger.info(f"Restored all variables from {self.loaded_from}")
 
 
 class EpochLogWriter:

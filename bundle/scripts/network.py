@@ -8,13 +8,17 @@ and layer freezing chosen by name.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+import sys
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from urllib.error import URLError
 
 import torch
 from torch import nn
 from torchvision.models import video as tv_video
+
+from .checkpoints import guess_architecture, model_state_dict, read_checkpoint, state_dict_problem, why_unreadable
+from .data import BundleInputError
 
 logger = logging.getLogger(__name__)
 
@@ -32,6 +36,33 @@ TRAINABLE_BLOCKS = {
     "all": ("stem", "layer1", "layer2", "layer3", "layer4", "fc"),
 }
 HEAD_BLOCK = "fc"
+# Values of ``weights`` meaning random initialisation. "none" is the form to write on the command line: see
+# weights_default() for why ``--weights None`` needs help.
+RANDOM_INIT = ("none", "null", "")
+
+
+def weights_default(default: str = "kinetics400", argv: Sequence[str] | None = None) -> str:
+    """The config's default ``weights``, or ``"none"`` when the command line says ``--weights None``.
+
+    MONAI's CLI goes through fire, which turns the word ``None`` into Python None, and monai.bundle.scripts'
+    ``update_kwargs(..., ignore_none=True)`` (called by ``create_workflow`` for ``run``) then drops every override
+    whose value is None. ``--weights None`` would silently keep "kinetics400" and try to download weights, so the
+    default itself looks for that override on ``sys.argv``. ``--weights none`` (a string) reaches the config
+    normally; a Python caller of ``monai.bundle.run`` must likewise pass ``weights="none"``.
+    """
+    argv = sys.argv[1:] if argv is None else list(argv)
+    value = None
+    for index, arg in enumerate(argv):
+        if arg == "--weights" and index + 1 < len(argv):
+            value = argv[index + 1]
+        elif arg.startswith("--weights="):
+            value = arg.split("=", 1)[1]
+    return "none" if value is not None and value.strip() == "None" else default
+
+
+def is_random_init(weights: str | Path | None) -> bool:
+    """True for ``None``, "none", "null" (any case) and "": the network starts from random weights."""
+    return weights is None or str(weights).strip().lower() in RANDOM_INIT
 
 
 def kinetics_checkpoint_path(arch: str = "r3d_18") -> Path:
@@ -46,36 +77,69 @@ def load_kinetics_state_dict(arch: str = "r3d_18") -> dict[str, torch.Tensor]:
     cached = kinetics_checkpoint_path(arch)
     try:
         return weights_enum.get_state_dict(progress=False, check_hash=not cached.exists())
-    except (URLError, OSError, RuntimeError) as err:
-        raise FileNotFoundError(
-            f"Kinetics-400 weights for {arch} are not in the torch hub cache and could not be downloaded ({err}). "
+    except Exception as err:  # URLError offline; RuntimeError, UnpicklingError... for a damaged cached file
+        if cached.is_file() and not isinstance(err, URLError):
+            raise BundleInputError(
+                f"The cached Kinetics-400 weights {cached} cannot be loaded: {why_unreadable(cached, err)}. Delete the "
+                f"file so that it is downloaded again (or copy a good '{cached.name}' from {weights_enum.url} there), "
+                f"or pass --weights <path> or --weights none."
+            ) from None
+        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise BundleInputError(
+            f"Kinetics-400 weights for {arch} are not in the torch hub cache and could not be downloaded ({reason}). "
             f"Copy the file '{cached.name}' (from {weights_enum.url}) into '{cached.parent}/' "
             f"(set TORCH_HOME to use another cache folder), pass a local checkpoint with --weights <path>, "
-            f"or train from scratch with --weights None."
-        ) from err
+            f"or train from random weights with --weights none."
+        ) from None
 
 
-def load_checkpoint_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
-    """A state dict from a local file: a plain state dict, or a dict holding one under 'model'/'state_dict'."""
+def load_checkpoint_state_dict(path: str | Path, arch: str = "r3d_18") -> dict[str, torch.Tensor]:
+    """A state dict from a local file: a plain state dict, or a dict holding one under 'model'/'state_dict'.
+
+    A missing, truncated or unsafe file raises :class:`BundleInputError` naming it (weights_only=True loading).
+    """
     path = Path(path)
+    expected = _expected_weights(arch)
     if not path.is_file():
-        raise FileNotFoundError(f"Weights file not found: {path}. Pass an existing checkpoint, 'kinetics400' or None.")
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    for key in ("model", "state_dict", "model_state_dict"):
-        if isinstance(state, dict) and isinstance(state.get(key), dict):
-            state = state[key]
-            break
-    return state
+        raise BundleInputError(
+            f"Weights file not found: {path}. Pass an existing checkpoint, --weights kinetics400 or --weights none."
+        )
+    return model_state_dict(read_checkpoint(path, expected), path, expected)
+
+
+def _expected_weights(arch: str) -> str:
+    return f"{arch} weights (torchvision video weights, or a model.pt of this bundle)"
+
+
+def _load_or_explain(module: nn.Module, state: dict, weights: str | Path, arch: str) -> None:
+    """``module.load_state_dict(state)``, turning torch's size-mismatch list into one line naming the file."""
+    try:
+        module.load_state_dict(state)
+    except RuntimeError:
+        guess = guess_architecture(state)
+        if guess is not None and guess != arch:
+            problem, fix = (
+                f"this file holds another architecture ({guess}?)",
+                f"Pass --arch {guess}, or weights of {arch}.",
+            )
+        else:
+            adapted = state_dict_problem(state, module) if isinstance(module, VideoResNetClassifier) else None
+            problem = adapted or f"its tensors do not fit torchvision's {arch}"
+            fix = f"Pass weights of {arch} made with the same --num_classes."
+        raise BundleInputError(f"{weights} is not {_expected_weights(arch)}: {problem}. {fix}") from None
 
 
 class VideoResNetClassifier(nn.Module):
     """A torchvision video ResNet turned into a single-channel volume classifier with partial freezing.
 
+    Wrong inputs (unknown arch or preset, missing/broken/foreign weights) raise :class:`BundleInputError`, so the
+    bundle CLI ends with one line naming them.
+
     Args:
         arch: ``r3d_18`` (the dissertation's model), ``mc3_18`` or ``r2plus1d_18``.
         weights: ``"kinetics400"`` (torchvision's Kinetics-400 checkpoint from the torch hub cache), a path to a
             checkpoint of the same architecture (400-class RGB video weights, or this classifier's own state dict),
-            or ``None`` for random initialisation.
+            or ``None`` / ``"none"`` / ``"null"`` for random initialisation.
         in_channels: input channels of the volume (1 for T1).
         num_classes: outputs of the new head (2: CN=0, AD=1).
         trainable: ``"fc"``, ``"layer4+fc"`` (default, as in the dissertation) or ``"all"``.
@@ -95,27 +159,29 @@ class VideoResNetClassifier(nn.Module):
         super().__init__()
         builder, _ = _architecture(arch)
         if trainable not in TRAINABLE_BLOCKS:
-            raise ValueError(f"trainable must be one of {sorted(TRAINABLE_BLOCKS)}, got '{trainable}'.")
+            raise BundleInputError(f"trainable must be one of {sorted(TRAINABLE_BLOCKS)}, got '{trainable}'.")
         self.arch = arch
         self.trainable = trainable
         self.net = builder(weights=None)
 
         own_checkpoint = None
-        if weights is not None and str(weights).lower() not in ("none", "null", ""):
+        if is_random_init(weights):
+            logger.info(f"{arch}: random initialisation (--weights none).")
+        else:
             if str(weights) == "kinetics400":
                 state = load_kinetics_state_dict(arch)
             else:
-                state = load_checkpoint_state_dict(weights)
+                state = load_checkpoint_state_dict(weights, arch)
             if _is_adapted_state_dict(state):
                 own_checkpoint = state  # already this classifier's weights: load after adapting
             else:
-                self.net.load_state_dict(state)
+                _load_or_explain(self.net, state, weights, arch)
                 logger.info(f"Loaded {arch} video weights from {weights}.")
 
         self.net.stem[0] = _grayscale_stem_conv(self.net.stem[0], in_channels)
         self.net.fc = nn.Linear(self.net.fc.in_features, num_classes)
         if own_checkpoint is not None:
-            self.load_state_dict(own_checkpoint)
+            _load_or_explain(self, own_checkpoint, weights, arch)
             logger.info(f"Loaded classifier weights from {weights}.")
 
         trainable_blocks = TRAINABLE_BLOCKS[trainable]
@@ -182,7 +248,7 @@ def log_parameter_counts(network: nn.Module) -> dict[str, int]:
 
 def _architecture(arch: str):
     if arch not in ARCHITECTURES:
-        raise ValueError(f"Unknown architecture '{arch}', expected one of {sorted(ARCHITECTURES)}.")
+        raise BundleInputError(f"Unknown architecture '{arch}' (--arch), expected one of {sorted(ARCHITECTURES)}.")
     return ARCHITECTURES[arch]
 
 

@@ -293,5 +293,6 @@ class PlanState:
             if changed:
                 raise PlanError(
                     f"the checkpoint in {self.ckpt_dir} was trained on volumes made with other settings "
-                    f"({'; '.join(changed)}; checkpoint vs {self.dataset_dir}); use --resume False or another --ckpt_dir"
+                    f"({'; '.join(changed)}; checkpoint vs {self.dataset_dir}); "
+                    f"use --resume False or another --ckpt_dir"
                 )

@@ -4,6 +4,9 @@ declaration of the chain, ``configs/preprocess.json``, shared by batch preproces
 - ``N4BiasCorrectiond``: ANTs N4 inside the brain mask.
 - ``ResampleToSpacingd``: ANTs resampling to 1 mm with a cubic B-spline (clipped, since B-splines overshoot).
 - ``CubicResized``: cubic resize to 128³ (MONAI's Resize has no cubic mode in 3D).
+- ``ScaleInsideMaskd``: percentile scaling computed inside the brain mask, background exactly 0.
+- ``LoadVolumed``: MONAI's loader that also reads FreeSurfer ``.mgz``/``.mgh`` and names the file when it cannot read.
+- ``ZeroBackgroundd``: brings a scan stored with a negative intensity offset back to a zero background.
 
 Images are channel-first MetaTensors whose affine maps voxels to RAS world coordinates (MONAI's convention); ANTs
 works in LPS, so the conversion flips the first two world axes.
@@ -21,8 +24,9 @@ import numpy as np
 import torch
 from monai.bundle import ConfigParser
 from monai.config import KeysCollection
-from monai.data import MetaTensor
-from monai.transforms import Compose, MapTransform
+from monai.data import MetaTensor, NibabelReader
+from monai.data.utils import is_supported_format
+from monai.transforms import Compose, LoadImage, LoadImaged, MapTransform, ScaleIntensityRange
 from scipy import ndimage
 
 LPS_FROM_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
@@ -68,6 +72,88 @@ def _require_meta(data: Mapping, key: Hashable) -> MetaTensor:
     return image
 
 
+# Suffixes read with nibabel. MONAI's NibabelReader claims only .nii/.nii.gz and sends everything else to ITK, whose
+# pip wheels have no FreeSurfer MGH reader ("Could not create IO object" for .mgz); nibabel reads MGH natively and
+# NibabelReader already handles its header ("dims"), so only the suffix check is widened.
+NIBABEL_SUFFIXES = ("nii", "nii.gz", "mgz", "mgh")
+SUPPORTED_FORMATS = (
+    "NIfTI (.nii, .nii.gz), FreeSurfer (.mgz, .mgh), and what ITK reads (e.g. .nrrd, .mha, .mhd) "
+    "(DICOM series: convert first with python -m preprocessing run)"
+)
+
+
+class ImageReadError(RuntimeError):
+    """An input image that no reader could load; the message names the file and the supported formats."""
+
+
+class NibabelVolumeReader(NibabelReader):
+    """MONAI's NibabelReader for NIfTI and FreeSurfer MGH (``.mgz``/``.mgh``) files."""
+
+    def verify_suffix(self, filename: Sequence[str | Path] | str | Path) -> bool:
+        return is_supported_format(filename, NIBABEL_SUFFIXES)
+
+
+class LoadVolume(LoadImage):
+    """``LoadImage`` with :class:`NibabelVolumeReader` preferred for its suffixes and ITK for the rest, failing with
+    :class:`ImageReadError` that names the file, the reader's reason and the supported formats.
+
+    The reader is registered after the defaults rather than passed as ``reader=``: a given reader turns off MONAI's
+    choice by suffix, and then every reader is tried in turn on a broken file and the error is a pile of tracebacks.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(None, *args, **kwargs)
+        self.register(NibabelVolumeReader())  # the last registered is asked first
+
+    def __call__(self, filename: Any, reader: Any = None) -> Any:
+        try:
+            return super().__call__(filename, reader)
+        except Exception as error:
+            names = [str(f) for f in (filename if isinstance(filename, (list, tuple)) else [filename])]
+            raise ImageReadError(
+                f"Cannot read {', '.join(names)}: {_first_line(error)}. Supported formats: {SUPPORTED_FORMATS}."
+            ) from error
+
+
+def _first_line(error: BaseException, limit: int = 300) -> str:
+    """A one-line reason: ITK and MONAI put several paragraphs into their messages."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    text = lines[0] if lines else type(error).__name__
+    if isinstance(error, FileNotFoundError):
+        text = "no such file"
+    text = text.rstrip(".")
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+class LoadVolumed(LoadImaged):
+    """``LoadImaged`` through :class:`LoadVolume`: NIfTI and FreeSurfer MGH with nibabel, other formats with ITK, and
+    a clear :class:`ImageReadError` for a file nothing can read.
+
+    Args:
+        keys: keys holding file names.
+        dtype: array type after loading.
+        image_only: return MetaTensors only (no separate meta dict).
+        ensure_channel_first: add or move the channel to the first axis.
+    """
+
+    def __init__(
+        self,
+        keys: KeysCollection = "image",
+        dtype: Any = np.float32,
+        image_only: bool = True,
+        ensure_channel_first: bool = True,
+        allow_missing_keys: bool = False,
+    ) -> None:
+        super().__init__(
+            keys,
+            dtype=dtype,
+            image_only=image_only,
+            ensure_channel_first=ensure_channel_first,
+            allow_missing_keys=allow_missing_keys,
+        )
+        self._loader = LoadVolume(image_only=image_only, dtype=dtype, ensure_channel_first=ensure_channel_first)
+
+
 class CheckVolumed(MapTransform):
     """Refuse what the chain cannot turn into a brain volume, with a reason a user can act on: 2D images
     (localizers), several volumes in one file, NaN/inf voxels, constant (empty) volumes.
@@ -98,6 +184,40 @@ class CheckVolumed(MapTransform):
             if float(image.max()) == float(image.min()):
                 raise ValueError(f"Empty volume: every voxel equals {float(image.max())}.")
         return d
+
+
+class ZeroBackgroundd(MapTransform):
+    """Shift a scan stored with a negative intensity offset so that its background is 0.
+
+    MR magnitude images are non-negative with air (or the fill of a pre-stripped scan) at 0, and two steps rely on
+    it: N4 models a multiplicative field on the intensities, and the ``none`` stripper takes the non-zero voxels as
+    the brain. A scan written with an offset (e.g. a background of -1000) would make the whole box "brain" and give N4
+    shifted values. The background level is the median of the volume's six faces (air in a raw scan, the fill in a
+    pre-stripped one, even where the head touches a face); when it is negative it is subtracted. Scans whose background
+    is not negative are returned unchanged, so small negative values inside a pre-stripped brain (spline ringing)
+    leave its zero background alone.
+
+    Args:
+        keys: image key(s); the offset is measured and removed per key.
+    """
+
+    def __init__(self, keys: KeysCollection = "image", allow_missing_keys: bool = False) -> None:
+        super().__init__(keys, allow_missing_keys)
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            image = d[key]
+            level = border_level(torch.as_tensor(image)[0].detach().cpu().numpy())
+            if level < 0:
+                d[key] = image - torch.as_tensor(level, dtype=image.dtype)
+        return d
+
+
+def border_level(volume: np.ndarray) -> float:
+    """Median intensity of the six faces of a 3D volume."""
+    faces = [np.take(volume, index, axis=axis).ravel() for axis in range(3) for index in (0, -1)]
+    return float(np.median(np.concatenate(faces)))
 
 
 class N4BiasCorrectiond(MapTransform):
@@ -234,6 +354,58 @@ def _zoomed_affine(affine: np.ndarray, factors: Sequence[float]) -> np.ndarray:
     scale = np.diag([1.0 / f for f in factors] + [1.0])
     scale[:3, 3] = [0.5 / f - 0.5 for f in factors]
     return affine @ scale
+
+
+class ScaleInsideMaskd(MapTransform):
+    """Map the ``lower``..``upper`` percentiles of the intensities inside the brain mask to 0..1 (clipped), and set
+    every voxel outside the mask to exactly 0.
+
+    MONAI has no masked form of this: ``ScaleIntensityRangePercentiles`` takes its percentiles over the whole volume
+    (so a background below the brain's intensities drags the lower one, and a background above them comes out at 1),
+    ``NormalizeIntensity(nonzero=True)`` z-scores instead of scaling to a range and picks the voxels by value, not by
+    the mask. So the percentiles are taken here over the masked voxels and MONAI's ``ScaleIntensityRange`` applies
+    them. With a lower percentile taken inside the brain (rather than 0 = the background's value) the result does not
+    change when a constant is added to the scan or it is multiplied by a positive constant.
+
+    Args:
+        keys: image key(s) to scale.
+        mask_key: key of the brain mask on the same grid (voxels > 0 are brain).
+        lower: percentile of the brain intensities mapped to 0.
+        upper: percentile of the brain intensities mapped to 1.
+    """
+
+    def __init__(
+        self,
+        keys: KeysCollection = "image",
+        mask_key: str = "brain_mask",
+        lower: float = 0.5,
+        upper: float = 99.5,
+        allow_missing_keys: bool = False,
+    ) -> None:
+        super().__init__(keys, allow_missing_keys)
+        if not 0.0 <= lower < upper <= 100.0:
+            raise ValueError(f"Percentiles must satisfy 0 <= lower < upper <= 100, got {lower} and {upper}.")
+        self.mask_key = mask_key
+        self.lower = float(lower)
+        self.upper = float(upper)
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        mask = torch.as_tensor(d[self.mask_key])
+        for key in self.key_iterator(d):
+            image = d[key]
+            if tuple(image.shape[-3:]) != tuple(mask.shape[-3:]):
+                raise ValueError(f"'{key}' {tuple(image.shape)} and '{self.mask_key}' {tuple(mask.shape)} differ.")
+            brain = (mask > 0).to(device=image.device).expand_as(image)
+            values = torch.as_tensor(image)[brain].detach().cpu().numpy().astype(np.float64)
+            if values.size == 0:
+                raise ValueError(f"The brain mask '{self.mask_key}' is empty: nothing to scale.")
+            low, high = np.percentile(values, [self.lower, self.upper])
+            if not high > low:
+                raise ValueError(f"Constant brain intensities ({low:g}) inside '{self.mask_key}': nothing to scale.")
+            scaled = ScaleIntensityRange(a_min=low, a_max=high, b_min=0.0, b_max=1.0, clip=True)(image)
+            d[key] = torch.where(brain, scaled, torch.zeros((), dtype=scaled.dtype, device=scaled.device))
+        return d
 
 
 def load_chain(config_file: str | Path | None = None, **overrides: Any) -> Compose:
