@@ -298,10 +298,24 @@ def test_page_lists_failed_first_with_escaped_errors(page_entries: list[dict], t
     assert "QC &lt;run 1&gt;" in text
     order = [text.index(f">{image_id}<") for image_id in ("I1", "I3", "I0", "I2", "I4")]
     assert order == sorted(order), "failed entries first, input order otherwise"
-    assert re.search(r"3 ok</span>,\s*<span[^>]*>2 failed", text)
+    assert re.search(r"3 ok</span>,\s*<span[^>]*>0 with QC warnings</span>,\s*<span[^>]*>2 failed", text)
     # One <img> per existing picture (I0, I2, I3); the missing one gets a note instead of a broken image.
     assert len(refs(text).imgs) == 3 == text.count("<img")
     assert "QC picture missing" in text
+
+
+def test_page_orders_qc_failures_then_warnings_then_passes_and_shows_reasons(tmp_path: Path) -> None:
+    entries = [
+        {"image_id": "Ipass", "status": "ok", "qc_status": "pass", "qc_png": None},
+        {"image_id": "Iwarn", "status": "ok", "qc_status": "warn", "qc_reasons": "template Dice 0.91 < 0.93"},
+        {"image_id": "Irefused", "status": "qc_failed", "qc_status": "fail", "error": "quality control: 660 ml"},
+        {"image_id": "Iodd", "status": "ok", "qc_status": "unheard-of", "qc_png": None},  # unknown counts as failed
+    ]
+    text = qc_page(entries, tmp_path / "index.html", title="QC").read_text(encoding="utf-8")
+    order = [text.index(f">{image_id}<") for image_id in ("Irefused", "Iodd", "Iwarn", "Ipass")]
+    assert order == sorted(order)
+    assert "template Dice 0.91 &lt; 0.93" in text and "quality control: 660 ml" in text
+    assert re.search(r"1 ok</span>,\s*<span[^>]*>1 with QC warnings</span>,\s*<span[^>]*>2 failed", text)
 
 
 def test_page_relative_paths_survive_moving_the_folder(page_entries: list[dict], tmp_path: Path) -> None:

@@ -194,7 +194,10 @@ class ModelCheckpointLoader:
         self._state: dict[str, torch.Tensor] | None = None
 
     def attach(self, engine: Engine) -> None:
-        self._state = load_model_weights(self.load_path, self.network, self.map_location)
+        # A missing file is left to Events.STARTED: building a workflow without running it (bundle property checks,
+        # MONAI Label listing the bundle) must not need a trained model.
+        if self.load_path.exists():
+            self._state = load_model_weights(self.load_path, self.network, self.map_location)
         engine.add_event_handler(Events.STARTED, self)
 
     def __call__(self, engine: Engine) -> None:
