@@ -23,11 +23,14 @@ PATIENCE="${DEMO_PATIENCE:-10}"          # early-stopping patience in epochs (th
 FRACTIONS="${DEMO_FRACTIONS:-0.6 0.15 0.25}" # train/val/test shares (the paper: 0.8 0.1 0.1; more test subjects here)
 SEED="${DEMO_SEED:-0}"
 WORKERS="${DEMO_WORKERS:-$(nproc)}"
+EXPLAIN_METHODS="${DEMO_EXPLAIN_METHODS:-gradcam gradcampp occlusion integrated_gradients}" # saliency methods
+RANDOMISATION="${DEMO_RANDOMISATION_SCANS:-2}" # test scans in the cascading-randomisation check
+OCCLUSION_SCANS="${DEMO_OCCLUSION_SCANS:-2}"   # test scans that get occlusion maps (64 forward passes each)
 
 say() { printf '\n== %s\n' "$*"; }
 START=$SECONDS
 
-say "1/6 Synthetic cohort: $SUBJECTS subjects, up to $MAX_VISITS visits, voxels $VOXEL_SIZE mm, AD hippocampal loss $ATROPHY and ventricular growth $VENTRICLE_RATIO times that (stronger than typical AD, to learn from few subjects) -> $OUT/cohort"
+say "1/7 Synthetic cohort: $SUBJECTS subjects, up to $MAX_VISITS visits, voxels $VOXEL_SIZE mm, AD hippocampal loss $ATROPHY and ventricular growth $VENTRICLE_RATIO times that (stronger than typical AD, to learn from few subjects) -> $OUT/cohort"
 if [[ -f "$OUT/cohort/truth/cohort.json" ]]; then
     echo "already there (delete $OUT to start over)"
 else
@@ -37,11 +40,11 @@ else
         --workers "$WORKERS" --overwrite
 fi
 
-say "2/6 Conversion and the per-volume chain: deepbet skull stripping; $SPACING mm and ${SIZE}^3 (the paper: 1 mm, 128^3) for CPU time"
+say "2/7 Conversion and the per-volume chain: deepbet skull stripping; $SPACING mm and ${SIZE}^3 (the paper: 1 mm, 128^3) for CPU time"
 "$PY" -m preprocessing run --adni "$OUT/cohort/ADNI" --collection-csv "$OUT/cohort/collection.csv" \
     --out "$OUT/data" --skull-stripper deepbet --spacing "$SPACING" --spatial-size "$SIZE" --workers "$WORKERS"
 
-say "3/6 Balanced cohort and subject-level split ($FRACTIONS)"
+say "3/7 Balanced cohort and subject-level split ($FRACTIONS)"
 # shellcheck disable=SC2086  # FRACTIONS is three numbers
 "$PY" -m preprocessing split --out "$OUT/data" --seed "$SEED" --fractions $FRACTIONS
 
@@ -55,7 +58,7 @@ else
     WEIGHTS=none TRAINABLE=all
     NOTE="note: no Kinetics-400 weights in the torch hub cache ($KINETICS), so the network starts from random weights and every layer trains (see README: supplying the Kinetics weights offline)"
 fi
-say "4/6 Training: ${SIZE}^3 volumes, at most $EPOCHS epochs, patience $PATIENCE. $NOTE"
+say "4/7 Training: ${SIZE}^3 volumes, at most $EPOCHS epochs, patience $PATIENCE. $NOTE"
 cd "$ROOT/bundle"
 if [[ -f "$OUT/models/.demo_finished" ]]; then
     echo "already trained ($OUT/models/model.pt; delete $OUT/models to train again)"
@@ -68,7 +71,7 @@ else
     touch "$OUT/models/.demo_finished"
 fi
 
-say "5/6 Evaluation of the best-accuracy model on the held-out test subjects"
+say "5/7 Evaluation of the best-accuracy model on the held-out test subjects"
 if [[ "$OUT/eval/metrics.json" -nt "$OUT/models/.demo_finished" ]]; then
     echo "already evaluated ($OUT/eval/metrics.json)"
 else
@@ -78,8 +81,22 @@ else
 fi
 cd "$ROOT"
 
-say "6/6 Report"
-"$PY" -m analysis report --eval-dir "$OUT/eval" --datalist "$OUT/data/datalist.json" --out "$OUT/report" --synthetic
+say "6/7 Explanations of the test scans ($EXPLAIN_METHODS), measured against the planted atrophy"
+if [[ "$OUT/explain/summary.json" -nt "$OUT/models/.demo_finished" ]]; then
+    echo "already explained ($OUT/explain/summary.json; delete it to explain again):"
+    "$PY" -c 'import sys; from analysis.explain.summary import read_summary, summary_text as t
+print(t(read_summary(sys.argv[1])))' "$OUT/explain"
+else
+    # shellcheck disable=SC2086  # EXPLAIN_METHODS is a list
+    "$PY" -m analysis explain --model-dir "$OUT/models" --datalist "$OUT/data/datalist.json" --partition test \
+        --truth-dir "$OUT/cohort/truth" --out "$OUT/explain" --methods $EXPLAIN_METHODS \
+        --randomisation-scans "$RANDOMISATION" --randomisation-methods gradcam gradcampp integrated_gradients \
+        --occlusion-scans "$OCCLUSION_SCANS" --ig-steps 4 --figure-scans 1 --no-native --seed "$SEED"
+fi
+
+say "7/7 Report"
+"$PY" -m analysis report --eval-dir "$OUT/eval" --datalist "$OUT/data/datalist.json" --out "$OUT/report" --synthetic \
+    --explain-dir "$OUT/explain"
 
 "$PY" - "$OUT/eval/metrics.json" <<'EOF'
 import json, sys
@@ -97,6 +114,7 @@ Demo finished in $(( (SECONDS - START) / 60 )) min $(( (SECONDS - START) % 60 ))
   data/          preprocessed ${SIZE}^3 volumes, manifest.csv, qc/index.html, datalist.json
   models/        model.pt (best validation accuracy), best_loss_model.pt, per-epoch checkpoints
   eval/          metrics.json, predictions.csv
+  explain/       relevance maps (NIfTI, model and native grids), figures, per_scan.csv, summary.json
   report/        report.html and its figures
 Synthetic data, research use only: these numbers say the pipeline works, not how well it diagnoses people.
 EOF

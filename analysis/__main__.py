@@ -1,4 +1,5 @@
-"""Command line of the analysis: ``python -m analysis {metrics,compare,bayes,crossval,report} -h``."""
+"""Command line of the analysis: ``python -m analysis <command> -h`` for metrics, compare, bayes, crossval, report,
+explain and scan-report."""
 
 from __future__ import annotations
 
@@ -134,12 +135,13 @@ def cmd_report(args: argparse.Namespace) -> int:
         n_bins=args.bins,
         n_draws=args.draws,
         bayes_level=args.bayes_level,
+        explain_dir=args.explain_dir,
     )
     print(f"Report: {path} (figures and report.json beside it)")
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     # No abbreviations: crossval passes unknown '--key value' pairs to the bundle, and '--ep 3' must not be taken
     # for '--epochs 3'.
     parser = argparse.ArgumentParser(prog="python -m analysis", description=DESCRIPTION, allow_abbrev=False)
@@ -201,16 +203,46 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--bins", type=int, default=m.DEFAULT_BINS, help="equal-width bins of the calibration error")
     p.add_argument("--draws", type=int, default=20000, help="posterior draws")
     p.add_argument("--bayes-level", choices=("subject", "scan"), default="subject", help="confusion matrix level")
+    p.add_argument("--explain-dir", type=Path, help="--out folder of 'explain': adds its summary to the report")
+
+    # Imported lazily: explain and scan-report need torch, MONAI and Captum, the other commands do not.
+    p = commands.add_parser(
+        "explain",
+        allow_abbrev=False,
+        help="relevance maps (Grad-CAM, Grad-CAM++, occlusion, integrated gradients) "
+        "of a trained model on a test set, measured against known regions",
+    )
+    _lazy(p, "analysis.explain.run", "explain", argv)
+    p = commands.add_parser(
+        "scan-report",
+        allow_abbrev=False,
+        help="one self-contained HTML page for one raw T1 scan (QC, probability, "
+        "post-test probability, relevance on the scan)",
+    )
+    _lazy(p, "analysis.explain.scan_page", "scan-report", argv)
     return parser
 
 
+def _lazy(parser: argparse.ArgumentParser, module: str, name: str, argv: list[str] | None) -> None:
+    """Give ``parser`` the options of ``module`` only when ``name`` is the command being run."""
+    import importlib
+
+    if name not in (sys.argv[1:] if argv is None else argv):
+        return
+    loaded = importlib.import_module(module)
+    loaded.add_arguments(parser)
+    parser.set_defaults(handler=loaded.main)
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+    parser = build_parser(argv)
     args, extra = parser.parse_known_args(argv)
     if args.command == "crossval":
         return cmd_crossval(args, extra)
     if extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    if getattr(args, "handler", None) is not None:
+        return args.handler(args)
     return {"metrics": cmd_metrics, "compare": cmd_compare, "bayes": cmd_bayes, "report": cmd_report}[args.command](
         args
     )

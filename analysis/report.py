@@ -43,6 +43,7 @@ SECTION_TITLES = {
     "figures": "Figures",
     "bayes": "Bayesian post-test probabilities",
     "clinicians": "Comparison with published visual MRI reads",
+    "explanations": "What the network looks at (explanations)",
     "limitations": "Limitations",
 }
 SMALL_TEST_SET_SUBJECTS = 100
@@ -440,6 +441,12 @@ def _clinicians_html(results: Mapping[str, Any], prevalences: Sequence[bayes.Pre
     )
 
 
+def _explanations_html(explain_dir: Path) -> str:
+    from analysis.explain.summary import read_summary, summary_html
+
+    return summary_html(read_summary(explain_dir), explain_dir)
+
+
 def limitations(results: Mapping[str, Any], synthetic: bool = False) -> list[str]:
     """The limitations paragraph items, including data-dependent ones (synthetic data, small test set)."""
     items = []
@@ -482,6 +489,7 @@ def render_html(
     made: Mapping[str, str],
     prevalences: Sequence[bayes.Prevalence],
     synthetic: bool = False,
+    explain_dir: Path | None = None,
 ) -> str:
     """The report as one HTML string (figures read from ``out`` and embedded)."""
     title = f"AD vs CN classification: {results['kind']} report"
@@ -499,6 +507,7 @@ def render_html(
         ("figures", _figures_html(out, made)),
         ("bayes", _bayes_html(results)),
         ("clinicians", _clinicians_html(results, prevalences)),
+        *([("explanations", _explanations_html(explain_dir))] if explain_dir is not None else []),
         ("limitations", "<ul>" + "".join(f"<li>{item}</li>" for item in limitations(results, synthetic)) + "</ul>"),
     ]
     body = "".join(f'<h2 id="{key}">{_e(SECTION_TITLES[key])}</h2>{content}' for key, content in sections)
@@ -523,6 +532,7 @@ def write_report(
     n_bins: int = DEFAULT_BINS,
     n_draws: int = bayes.DEFAULT_DRAWS,
     bayes_level: str = "subject",
+    explain_dir: str | Path | None = None,
 ) -> Path:
     """Write ``report.html``, ``report.json`` and the PNG figures into ``out``; return the HTML path."""
     if (eval_dir is None) == (crossval_dir is None):
@@ -552,7 +562,12 @@ def write_report(
     results["limitations"] = [html.unescape(_strip_tags(item)) for item in limitations(results, synthetic)]
     _write_text(out / "report.json", json.dumps(results, indent=2) + "\n")
     path = out / "report.html"
-    _write_text(path, render_html(results, out, made, prevalences, synthetic))
+    if explain_dir is not None:
+        from analysis.explain.summary import read_summary
+
+        results["explanations"] = read_summary(explain_dir)
+    explain = Path(explain_dir) if explain_dir is not None else None
+    _write_text(path, render_html(results, out, made, prevalences, synthetic, explain))
     return path
 
 

@@ -1,5 +1,5 @@
 """`make demo`'s script, scaled down (six subjects, 3 mm acquisitions, 16^3 volumes, one epoch), through its real
-command lines: synthetic cohort -> conversion and chain -> split -> training -> evaluation -> report."""
+command lines: synthetic cohort -> conversion and chain -> split -> training -> evaluation -> explanations -> report."""
 
 from __future__ import annotations
 
@@ -56,12 +56,19 @@ def test_scaled_down_demo_runs_every_step_and_reports_test_metrics(tmp_path):
     assert metrics["n"] == len(test_ids) >= 2
     assert f"roc_auc            {metrics['roc_auc']:.3f}" in done.stdout  # the printed figures are the saved ones
     assert str(out / "eval") in done.stdout and (out / "models" / "model.pt").is_file()
-    assert "Synthetic data" in (out / "report" / "report.html").read_text()
+    report = (out / "report" / "report.html").read_text()
+    assert "Synthetic data" in report
+
+    # The explanations of the test scans: their summary is printed and is a section of the report.
+    summary = json.loads((out / "explain" / "summary.json").read_text())
+    assert summary["n_scans"] == len(test_ids) and summary["settings"]["regions"] == ["truth"]
+    assert summary["verdict"]["text"] in done.stdout and "randomisation check" in done.stdout
+    assert "What the network looks at" in report and "density gain" in report
 
     # Run again: nothing is redone, the same metrics come out.
     again = subprocess.run(
         ["bash", str(REPO / "demo.sh")], env=env, cwd=REPO, capture_output=True, text=True, timeout=600
     )
     assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
-    assert "already there" in again.stdout and "already trained" in again.stdout
+    assert "already there" in again.stdout and "already trained" in again.stdout and "already explained" in again.stdout
     assert json.loads((out / "eval" / "metrics.json").read_text()) == metrics
