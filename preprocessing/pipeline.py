@@ -8,6 +8,7 @@ temporary name and renamed. One scan's failure never stops the batch; the manife
 from __future__ import annotations
 
 import csv
+import json
 import os
 import tempfile
 import time
@@ -31,7 +32,7 @@ STATUS_OK, STATUS_QC_FAILED, STATUS_FAILED = "ok", "qc_failed", "failed"
 STEP_PREFIX = "seconds_"
 MANIFEST_NAME = "manifest.csv"
 
-_CHAIN = None  # the chain of one worker process, built once on first use
+_CHAIN = None  # (settings, chain) of one worker process, built on first use and again when the settings change
 
 
 @dataclass(frozen=True)
@@ -69,11 +70,12 @@ class BatchPaths:
 
 def _chain(overrides: Mapping[str, Any]):
     global _CHAIN
-    if _CHAIN is None:
+    key = json.dumps(dict(overrides), sort_keys=True, default=str)
+    if _CHAIN is None or _CHAIN[0] != key:  # another plan in the same process (a notebook, a scan report) rebuilds
         from scripts.preprocess import load_chain
 
-        _CHAIN = load_chain(**overrides)
-    return _CHAIN
+        _CHAIN = (key, load_chain(**overrides))
+    return _CHAIN[1]
 
 
 def _save_nifti(tensor, path: Path) -> None:

@@ -80,13 +80,7 @@ def _preprocess(record: Mapping[str, str], work: Path, overrides: Mapping[str, A
 
     # A stale conversion of another scan with the same name would be reused by convert_series: start clean.
     shutil.rmtree(work, ignore_errors=True)
-    # process_scan builds its chain once per process and keeps it; a page for a model with another plan in the same
-    # process (tests, notebooks) must not get the previous plan's chain.
-    pipeline._CHAIN = None
-    try:
-        return pipeline.process_scan(record, str(work), overrides, make_qc=True, qc_thresholds=qc)
-    finally:
-        pipeline._CHAIN = None
+    return pipeline.process_scan(record, str(work), overrides, make_qc=True, qc_thresholds=qc)
 
 
 def _model_input(image_file: str) -> np.ndarray:
