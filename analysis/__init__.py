@@ -2,18 +2,17 @@
 comparisons, k-fold cross-validation through the bundle, Bayesian post-test probabilities, a comparison with published
 visual MRI reads, and a self-contained HTML report. Command line: ``python -m analysis -h``.
 
-Modules: ``metrics`` (per-scan and per-subject metrics, bootstrap, DeLong, McNemar), ``bayes`` (Beta posteriors,
-PPV/NPV and likelihood ratios at chosen prevalences), ``clinicians`` (published sensitivity/specificity of visual
-reads, with citations), ``crossval`` (train and evaluate every fold, resumable), ``figures`` (PNG figures) and
-``report`` (HTML and JSON report).
+Modules: ``metrics`` (the public face of ``predictions``, ``point_estimates``, ``bootstrap`` and
+``model_comparison``: per-scan and per-subject metrics, subject bootstrap, DeLong, McNemar), ``bayes`` (Beta
+posteriors, PPV/NPV and likelihood ratios at chosen prevalences), ``clinicians`` (published sensitivity/specificity of
+visual reads, with citations), ``crossval`` (train and evaluate every fold, resumable), ``figures`` (PNG figures),
+``report`` (HTML and JSON report; ``report_results`` gathers, ``report_html`` and ``templates/`` render) and
+``explain`` (relevance maps and their regions).
 """
 
-import sys
-from pathlib import Path
+from preprocessing.bundle_scripts import bundle_root, load_bundle_scripts
 
-# The bundle's ``scripts`` package (e.g. ``scripts.evaluation.classification_metrics``) is imported from the bundle
-# folder, as ``preprocessing`` does, since the bundle is not an installed package.
-REPO_ROOT = Path(__file__).resolve().parents[1]
-BUNDLE_ROOT = REPO_ROOT / "bundle"
-if str(BUNDLE_ROOT) not in sys.path:
-    sys.path.insert(0, str(BUNDLE_ROOT))
+# The bundle's ``scripts`` package (e.g. ``scripts.evaluation.classification_metrics``) is loaded from the bundle
+# folder, as MONAI does for a bundle's own code.
+load_bundle_scripts()
+BUNDLE_ROOT = bundle_root()

@@ -1,12 +1,12 @@
 """Data preparation for the AD vs CN T1 MRI bundle: discovery, conversion, preprocessing and quality control.
 
 The per-volume chain itself lives in the bundle (``bundle/configs/preprocess.json`` and ``bundle/scripts``) so that
-batch preprocessing and bundle inference share one declaration; the bundle folder is made importable here.
+batch preprocessing and bundle inference share one declaration; importing this package loads the bundle's
+``scripts`` package from the bundle folder (``preprocessing.bundle_scripts``).
 """
 
-import sys
-from pathlib import Path
+from preprocessing.bundle_scripts import bundle_root, load_bundle_scripts
 
-_BUNDLE_ROOT = str(Path(__file__).resolve().parents[1] / "bundle")
-if _BUNDLE_ROOT not in sys.path:
-    sys.path.insert(0, _BUNDLE_ROOT)
+load_bundle_scripts()
+
+__all__ = ["bundle_root", "load_bundle_scripts"]

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -92,14 +93,17 @@ def run_benchmark(repeats: int = 1, synthstrip_weights: Path | None = None, time
     stand_in = None
     if synthstrip_weights is None:
         stand_in = PhantomDistance()
-        original_conform = skull_strip.conform_grid
+        # The stand-in needs the conformed grid, so the function that makes it is wrapped where synthstrip_mask looks
+        # it up (its own module).
+        mask_module = sys.modules[skull_strip.synthstrip_mask.__module__]
+        original_conform = mask_module.conform_grid
 
         def conform_and_remember(volume, affine_, *args, **kwargs):
             shape, grid_affine = original_conform(volume, affine_, *args, **kwargs)
             stand_in.grid_affine = grid_affine
             return shape, grid_affine
 
-        skull_strip.conform_grid = conform_and_remember
+        mask_module.conform_grid = conform_and_remember
         strip._stripper = lambda volume, affine_: skull_strip.synthstrip_mask(stand_in, volume, affine_, strip.border)
 
     runs = []
@@ -114,7 +118,7 @@ def run_benchmark(repeats: int = 1, synthstrip_weights: Path | None = None, time
     finally:
         workdir.cleanup()
         if stand_in is not None:
-            skull_strip.conform_grid = original_conform
+            mask_module.conform_grid = original_conform
     steps = {name: statistics.median(run[name] for run in runs) for name in runs[0]}
     result = {"steps": steps, "total_without_network": sum(steps.values())}
     if time_forward:

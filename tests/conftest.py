@@ -1,13 +1,11 @@
-"""Shared test set-up: make the bundle's ``scripts`` package and the repo's ``preprocessing`` package importable."""
+"""Shared test set-up. The project is installed (``pip install -e .``, done by ``make test``); importing
+``preprocessing`` loads the bundle's ``scripts`` package from the bundle folder, as MONAI does for a bundle."""
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-BUNDLE_ROOT = REPO_ROOT / "bundle"
+import preprocessing
 
-for path in (str(BUNDLE_ROOT), str(REPO_ROOT)):
-    if path not in sys.path:
-        sys.path.insert(0, path)
+REPO_ROOT = Path(__file__).resolve().parents[1]
+BUNDLE_ROOT = preprocessing.bundle_root()

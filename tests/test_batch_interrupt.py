@@ -53,7 +53,7 @@ def start(csv_path: Path, out: Path) -> subprocess.Popen:
     return subprocess.Popen(
         command(csv_path, out),
         cwd=REPO_ROOT,
-        env={**os.environ, "PYTHONPATH": str(REPO_ROOT)},
+        env=dict(os.environ),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,

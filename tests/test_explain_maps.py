@@ -14,7 +14,7 @@ import pytest
 import torch
 from torch import nn
 
-import analysis  # noqa: F401  (bundle/ on sys.path)
+import analysis  # noqa: F401  (loads the bundle's scripts package)
 from analysis.explain.maps import (
     METHOD_TITLES,
     METHODS,

@@ -78,7 +78,7 @@ def write_download(root: Path) -> Path:
 
 
 def cli(*args: str, check: bool = True) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
+    env = dict(os.environ)
     result = subprocess.run(
         [sys.executable, "-m", "preprocessing", *args], cwd=REPO_ROOT, env=env, capture_output=True, text=True
     )

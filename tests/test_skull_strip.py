@@ -123,6 +123,59 @@ def test_load_from_freesurfer_home(tmp_path, monkeypatch) -> None:
     assert all(torch.equal(loaded[k], v) for k, v in saved.items())
 
 
+_TRIPPED: list[str] = []
+
+
+def _trip(note: str) -> None:
+    """Runs only if a weights file is unpickled in full (what weights_only=False would do)."""
+    _TRIPPED.append(note)
+
+
+class _Tripwire:
+    """Pickles as a call of :func:`_trip`: a file holding it runs code when loaded in full."""
+
+    def __reduce__(self):
+        return (_trip, ("executed",))
+
+
+class _Payload:
+    """An arbitrary custom object next to the weights."""
+
+
+def test_unsafe_weights_are_refused_and_state_dicts_still_load(tmp_path) -> None:
+    from scripts.data import BundleInputError
+
+    saved = _random_state_dict(seed=2)
+    for name, extra, global_name in (("callable.pt", _Tripwire(), "_trip"), ("object.pt", _Payload(), "_Payload")):
+        path = tmp_path / name
+        torch.save({"model_state_dict": saved, "extra": extra}, path)
+        with pytest.raises(BundleInputError) as error:
+            load_synthstrip_model(path)
+        message = error.value.message
+        assert str(path) in message and global_name in message  # the file, and what in it is refused
+        assert "weights_only=True" in message and "re-save" in message and "model_state_dict" in message  # the fix
+        assert "weights_only=False" not in message  # never the advice to run the file's code
+    assert _TRIPPED == []  # refused without running anything, and no full load as a fallback
+
+    # Plain checkpoints still load: a bare state dict, and the official layout. The official file's size (30,851,709
+    # bytes, three times the 2.57 M float32 parameters) says it holds an Adam state next to model_state_dict, as here:
+    # tensors and plain containers, which weights_only=True accepts.
+    model = SynthStripNet()
+    model.load_state_dict(saved)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
+    for parameter in model.parameters():
+        parameter.grad = torch.zeros_like(parameter)
+    optimizer.step()  # fills exp_avg / exp_avg_sq / step
+    checkpoints = {
+        "bare.pt": saved,
+        "official.pt": {"epoch": 10, "model_state_dict": saved, "optimizer_state_dict": optimizer.state_dict()},
+    }
+    for name, checkpoint in checkpoints.items():
+        torch.save(checkpoint, tmp_path / name)
+        loaded = load_synthstrip_model(tmp_path / name).state_dict()
+        assert all(torch.equal(loaded[k], v) for k, v in saved.items()), name
+
+
 def _assert_helpful(message: str) -> None:
     assert "weights" in message  # fix 1: pass the path
     assert "FREESURFER_HOME" in message and "FreeSurfer" in message  # fix 2: install FreeSurfer

@@ -4,6 +4,9 @@ depth profiles, and a one-page report for one scan. Command line: ``python -m an
 ``python -m analysis scan-report -h``.
 
 Modules: ``maps`` (the four methods, model loading), ``sanity`` (cascading randomisation), ``regions`` (region maps on
-the model grid, relevance per region, pointing game, native-grid mapping), ``figures`` (overlays, montage),
-``run`` (a datalist partition: maps, class means, depth profiles, summary) and ``scan_page`` (one scan, one page).
+the model grid, relevance per region, pointing game, native-grid mapping), ``registration`` (the ANTs worker behind
+``regions.template_regions_on_grid``), ``figures`` (overlays, montage), ``items`` (the scans to explain), ``options``
+(the options of ``explain``), ``run`` (a datalist partition: maps, class means, depth profiles, summary),
+``summary`` (verdict, printed and HTML summary) and ``scan_page`` (one scan, one page). The HTML comes from the
+Jinja2 templates in ``analysis/templates``.
 """

@@ -3,7 +3,7 @@
 Shared by the test-set command and the one-scan page. Each function writes one PNG and returns its path. matplotlib
 runs on the Agg backend (files only), so they render on servers and in CI.
 
-Display convention: **neurological**, as the preprocessing QC pictures (``preprocessing/qc.py``), so that the QC
+Display convention: **neurological**, as the preprocessing QC pictures (``preprocessing/qc``), so that the QC
 picture and the overlays on one page read the same way: the subject's left on the viewer's left in coronal and axial
 views, anterior on the right in sagittal views, superior (coronal, sagittal) or anterior (axial) at the top. Arrays
 are reoriented to RAS from their affine (``nibabel.orientations``) before slicing, and every panel carries the edge

@@ -4,24 +4,14 @@ its density for its volume, the pointing game, model-grid maps on the native sca
 Region maps carry the generator's labels (:data:`preprocessing.synthetic.REGION_LABELS`, 1-6): a synthetic scan's
 truth (:func:`truth_regions_on_grid`) or its MNI152 labels aligned to any scan (:func:`template_regions_on_grid`).
 :func:`partition` makes :data:`REGIONS` of labels 1-5 and a brain mask; label 6 (a control) is in the rest of the brain.
+The ANTs registration of :func:`template_regions_on_grid` runs in a worker (``analysis.explain.registration``).
 """
 
 from __future__ import annotations
 
-import atexit
 import math
-import multiprocessing
-import os
-import signal
-import subprocess
-import sys
-import tempfile
-import threading
-import traceback
 import warnings
 from collections.abc import Mapping, Sequence
-from functools import lru_cache
-from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +19,15 @@ import nibabel as nib
 import numpy as np
 from scipy import ndimage, stats
 
+# The ANTs worker lives in its own module; these names stay importable from here.
+from analysis.explain.registration import (  # noqa: F401
+    _REGISTRATION_MM,
+    _SEED_OFFSET,
+    _in_worker,
+    _mni_labels,
+    _register_labels,
+    _serve,
+)
 from analysis.metrics import percentile_interval, subject_bootstrap_weights
 from preprocessing.synthetic import REGION_LABELS
 
@@ -66,11 +65,6 @@ LABELS_OF: dict[str, tuple[int, ...]] = {
     "lateral_ventricles": (_ID["lateral_ventricles"],),
 }
 _LABELLED = tuple(label for labels in LABELS_OF.values() for label in labels)
-
-# Registration at 4 mm (finer scans are brought down to it): on 128^3 synthetic scans 2 mm gave the same hippocampal
-# Dice against the truth (0.79, affine) for 3-10x the time. ANTs treats seed 0 as "use the clock", hence seed + 1.
-_REGISTRATION_MM = 4.0
-_SEED_OFFSET = 1
 
 
 def _volume(array: Any, name: str) -> np.ndarray:
@@ -135,114 +129,6 @@ def to_native_grid(
 
 
 # ----------------------------------------------------------------------------------------------- template labels
-
-
-_WORKER: tuple[subprocess.Popen, Connection] | None = None
-_WORKER_LOCK = threading.Lock()  # one request at a time on the pipe
-
-
-def _start_worker() -> tuple[subprocess.Popen, Connection]:
-    """A child interpreter that registers scans and keeps the template between calls. ITK reads its thread count
-    once per process, when first used, and ANTs' sums depend on it (2 and 16 cores register differently), so this
-    needs a fresh interpreter started single-threaded; a subprocess, not multiprocessing's spawn, so that callers'
-    scripts need no ``__main__`` guard."""
-    ours, theirs = multiprocessing.Pipe()
-    env = dict(os.environ, ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS="1", OMP_NUM_THREADS="1")
-    env["PYTHONPATH"] = os.pathsep.join(p or os.getcwd() for p in sys.path)
-    code = f"from analysis.explain.regions import _serve; _serve({theirs.fileno()})"
-    process = subprocess.Popen([sys.executable, "-c", code], env=env, pass_fds=(theirs.fileno(),))
-    theirs.close()
-    atexit.register(_stop_worker, process, ours)
-    return process, ours
-
-
-def _stop_worker(process: subprocess.Popen, connection: Connection, kill: bool = False) -> None:
-    connection.close()  # the worker reads end-of-file and exits
-    if kill:
-        process.kill()
-    try:
-        process.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        process.kill()
-
-
-def _serve(fd: int) -> None:
-    """The worker's loop: :func:`_register_labels` arguments in, ``("ok", labels)`` or ``("error", text)`` out."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
-    connection = Connection(fd)
-    while True:
-        try:
-            args = connection.recv()
-        except EOFError:
-            return
-        try:
-            connection.send(("ok", _register_labels(*args)))
-        except Exception:  # the caller raises it, with this traceback
-            connection.send(("error", traceback.format_exc()))
-
-
-def _in_worker(*args: Any) -> np.ndarray:
-    global _WORKER
-    with _WORKER_LOCK:
-        if _WORKER is None or _WORKER[0].poll() is not None:
-            _WORKER = _start_worker()
-        try:
-            _WORKER[1].send(args)
-            status, value = _WORKER[1].recv()
-        except BaseException:  # died, or interrupted with a reply still to come: the next call starts afresh
-            _stop_worker(*_WORKER, kill=True)
-            _WORKER = None
-            raise
-    if status != "ok":
-        raise RuntimeError(f"template registration failed in the worker:\n{value}")
-    return value
-
-
-@lru_cache(maxsize=1)
-def _mni_labels() -> tuple[np.ndarray, np.ndarray]:
-    """The generator's MNI152 labels and affine, built as load_template builds them (~2 s; load_template also fits
-    the renderer's fields, ~20 s, which registration does not need). The slow test checks both give the same."""
-    from nilearn import datasets
-
-    from preprocessing.synthetic import _region_labels
-
-    t1 = datasets.load_mni152_template(resolution=1)
-    gm, wm = datasets.load_mni152_gm_template(resolution=1), datasets.load_mni152_wm_template(resolution=1)
-    brain = ndimage.binary_fill_holes(np.asarray(datasets.load_mni152_brain_mask(resolution=1).dataobj) > 0)
-    arrays = [np.asarray(image.get_fdata(dtype=np.float32)) for image in (t1, gm, wm)]
-    affine = np.asarray(t1.affine, dtype=float)
-    return _region_labels(*arrays, brain, affine[:3, 3]), affine
-
-
-def _register_labels(data: np.ndarray, affine: np.ndarray, syn: bool, seed: int) -> np.ndarray:
-    import ants
-    import ants.config
-
-    from scripts.preprocess import to_ants
-    from scripts.quality import _template
-
-    template_brain = _template(_REGISTRATION_MM)[2]  # the QC's MNI152 brain, zero background, 4 mm (shared cache)
-    fixed = to_ants(data, affine)
-    target = fixed
-    if min(fixed.spacing) < _REGISTRATION_MM:
-        target = ants.resample_image(fixed, (_REGISTRATION_MM,) * 3, use_voxels=False, interp_type=0)
-    ants.config._random_seed = int(seed) + _SEED_OFFSET  # read by ants.registration; this process is ours
-    with tempfile.TemporaryDirectory(prefix="regions-ants-") as scratch:
-        # Global correlation as in the QC: indifferent to the intensity scale, and repeatable when seeded.
-        transforms = ants.registration(
-            target, template_brain, type_of_transform="Affine", outprefix=f"{scratch}/affine_",
-            aff_metric="GC", aff_random_sampling_rate=1.0, aff_iterations=(100, 50, 25),
-            aff_shrink_factors=(4, 2, 1), aff_smoothing_sigmas=(2, 1, 0),
-        )["fwdtransforms"]  # fmt: skip
-        if syn:  # 8 and 4 mm: hippocampal Dice 0.79 -> 0.82, ventricles 0.60 -> 0.81 (2 mm: 0.85, 4x the time)
-            transforms = ants.registration(
-                target, template_brain, type_of_transform="SyNOnly", initial_transform=transforms,
-                outprefix=f"{scratch}/syn_", syn_metric="CC", syn_sampling=2, reg_iterations=(40, 20),
-            )["fwdtransforms"]  # fmt: skip
-        labels, labels_affine = _mni_labels()
-        moving = to_ants(labels.astype(np.float32), labels_affine)
-        warped = ants.apply_transforms(fixed, moving, transforms, interpolator="genericLabel")
-        return np.rint(warped.numpy()).astype(np.int16)
 
 
 def template_regions_on_grid(

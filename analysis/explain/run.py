@@ -31,6 +31,7 @@ import numpy as np
 from tqdm import tqdm
 
 from analysis.explain import figures, profiles, regions
+from analysis.explain.items import _manifest, _stem, collect_items  # noqa: F401  (_manifest: importable from here)
 from analysis.explain.maps import (
     METHOD_TITLES,
     METHODS,
@@ -39,71 +40,11 @@ from analysis.explain.maps import (
     load_trained_model,
     predict_with_activations,
 )
+from analysis.explain.options import add_arguments  # noqa: F401  (python -m analysis explain reads it here)
 from analysis.explain.sanity import cascading_randomisation
+from analysis.explain.summary import GAIN_EXPECTED, TARGET, _find, _where_instead, verdict  # noqa: F401
 
-TARGET = "hippocampi_and_ventricles"
-GAIN_EXPECTED = 3.0  # relevance density gain on hippocampi + ventricles that would show the planted atrophy is used
 CHANNEL_LAYER = "net.layer4"
-
-
-def _stem(path: str | Path) -> str:
-    name = Path(path).name
-    for suffix in (".nii.gz", ".nii", ".mgz", ".mgh"):
-        if name.endswith(suffix):
-            return name[: -len(suffix)]
-    return Path(name).stem
-
-
-def _manifest(dataset_dir: Path) -> dict[str, dict[str, str]]:
-    path = dataset_dir / "manifest.csv"
-    if not path.exists():
-        return {}
-    with open(path, newline="") as handle:
-        return {row["output"] and Path(row["output"]).name: row for row in csv.DictReader(handle) if row.get("output")}
-
-
-def collect_items(datalist: Path | None = None, partition: str = "test", images: Path | None = None) -> list[dict]:
-    """The scans to explain: a datalist partition (labels, subjects, the manifest's native file and mask) or a folder
-    of model-ready volumes (no labels; the brain mask is the non-zero part of the skull-stripped volume)."""
-    if (datalist is None) == (images is None):
-        raise SystemExit("explain: give either --datalist (with --partition) or --images, not both.")
-    if images is not None:
-        from scripts.inference_io import list_volumes
-
-        found = list_volumes(images)
-        if not found:
-            raise SystemExit(f"explain: no volumes (.nii, .nii.gz, .mgz) in {images}.")
-        return [
-            {"image": f["file"], "label": None, "subject": _stem(f["file"]), "image_id": _stem(f["file"])}
-            for f in found
-        ]
-    try:
-        data = json.loads(Path(datalist).read_text())
-    except (OSError, json.JSONDecodeError) as error:
-        raise SystemExit(
-            f"explain: cannot read the datalist {datalist}: {error}. Pass the datalist.json split wrote."
-        ) from None
-    if not data.get(partition):
-        raise SystemExit(
-            f"explain: {datalist} has no '{partition}' partition (it has {sorted(data)}); use --partition."
-        )
-    root = Path(datalist).parent
-    manifest = _manifest(root)
-    items = []
-    for entry in data[partition]:
-        image = Path(entry["image"]) if Path(entry["image"]).is_absolute() else root / entry["image"]
-        row = manifest.get(image.name, {})
-        items.append(
-            {
-                "image": str(image),
-                "label": int(entry["label"]),
-                "subject": str(entry.get("subject") or _stem(image)),
-                "image_id": str(entry.get("image_id") or _stem(image)),
-                "native": row.get("input") or None,
-                "mask": row.get("mask") or None,
-            }
-        )
-    return items
 
 
 def _loader():
@@ -343,83 +284,6 @@ def _write_rows(rows: Sequence[Mapping[str, Any]], path: Path) -> None:
         writer = csv.DictWriter(handle, fieldnames=columns)
         writer.writeheader()
         writer.writerows(rows)
-
-
-def _find(entries: Sequence[Mapping[str, Any]], **where: Any) -> Mapping[str, Any] | None:
-    return next((e for e in entries if all(e.get(k) == v for k, v in where.items())), None)
-
-
-def verdict(summary: Mapping[str, Any]) -> dict[str, Any]:
-    """Is the relevance on the planted atrophy? Per method: AD scans' density gain on hippocampi + ventricles
-    (≥ 3 expected), pointing game, and whether the maps pass the randomisation check."""
-    per_method, on_target = {}, []
-    randomisation = (summary.get("randomisation") or {}).get("methods", {})
-    for method in summary["methods"]:
-        entry = _find(summary["regions"], group="AD", method=method, region=TARGET) or _find(
-            summary["regions"], group="all", method=method, region=TARGET
-        )
-        gain = entry["density_gain_mean"] if entry else None
-        passed = randomisation.get(method, {}).get("passed")
-        ok = gain is not None and np.isfinite(gain) and gain >= GAIN_EXPECTED and passed is True
-        per_method[method] = {"density_gain": gain, "randomisation_passed": passed, "on_atrophy": ok}
-        if ok:
-            on_target.append(method)
-    if on_target:
-        text = (
-            f"Relevance is on the planted atrophy (hippocampi + lateral ventricles, density gain ≥ {GAIN_EXPECTED:g} "
-            f"on AD scans, randomisation check passed) for: {', '.join(METHOD_TITLES[m] for m in on_target)}."
-        )
-    else:
-        text = (
-            f"No method puts relevance on the planted atrophy at a density gain of {GAIN_EXPECTED:g} with a passed "
-            f"randomisation check. Instead: {'; '.join(_where_instead(summary))}."
-        )
-    return {"methods": per_method, "on_atrophy": on_target, "text": text}
-
-
-def _where_instead(summary: Mapping[str, Any]) -> list[str]:
-    """Per method, the single region with the densest relevance and the one holding most of it (AD scans)."""
-    group = "AD" if any(e["group"] == "AD" for e in summary["regions"]) else "all"
-    parts = []
-    for method in summary["methods"]:
-        own = [e for e in summary["regions"] if e["group"] == group and e["method"] == method]
-        own = [e for e in own if e["region"] in regions.REGIONS and np.isfinite(e.get("density_gain_mean") or np.nan)]
-        if not own:
-            continue
-        densest = max(own, key=lambda e: e["density_gain_mean"])
-        largest = max(own, key=lambda e: e["fraction_mean"])
-        parts.append(
-            f"{METHOD_TITLES[method]} is densest in {densest['title'].lower()} "
-            f"(gain {densest['density_gain_mean']:.2f}), its largest share is {largest['title'].lower()} "
-            f"({100 * largest['fraction_mean']:.0f}%)"
-        )
-    return parts
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Options of ``python -m analysis explain``."""
-    parser.add_argument("--model-dir", type=Path, required=True, help="folder with model.pt (and its plan.json)")
-    parser.add_argument("--datalist", type=Path, help="datalist.json written by `preprocessing split`")
-    parser.add_argument("--partition", default="test", help="datalist partition to explain (default: test)")
-    parser.add_argument("--images", type=Path, help="or: a folder of model-ready volumes (no labels)")
-    parser.add_argument("--out", type=Path, required=True, help="output folder")
-    parser.add_argument("--truth-dir", type=Path, help="synthetic cohort's truth/ folder: regions and true atrophy")
-    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS, help="saliency methods")
-    parser.add_argument("--target-layer", default=MapSettings.target_layer, help="Grad-CAM layer (default net.layer3)")
-    parser.add_argument("--occlusion-mask", type=int, help="occluding cube edge in voxels (default: input edge / 4)")
-    parser.add_argument("--occlusion-overlap", type=float, default=MapSettings.occlusion_overlap)
-    parser.add_argument("--ig-steps", type=int, default=MapSettings.ig_steps, help="integrated-gradients steps")
-    parser.add_argument("--figure-scans", type=int, default=2, help="scans per class that get overlay pictures")
-    parser.add_argument("--randomisation-scans", type=int, default=4, help="scans in the randomisation check (0: skip)")
-    parser.add_argument(
-        "--randomisation-methods", nargs="+", choices=METHODS, help="methods put through it (default: --methods)"
-    )
-    parser.add_argument("--occlusion-scans", type=int, help="occlusion on this many scans only (default: all)")
-    parser.add_argument("--no-native", action="store_true", help="do not map the maps back onto the native scans")
-    parser.add_argument("--syn", action="store_true", help="real scans: SyN after the affine template registration")
-    parser.add_argument("--margin", type=int, default=1, help="pointing-game dilation of the target regions (voxels)")
-    parser.add_argument("--resamples", type=int, default=2000, help="subject-bootstrap resamples")
-    parser.add_argument("--seed", type=int, default=0)
 
 
 def main(args: argparse.Namespace) -> int:

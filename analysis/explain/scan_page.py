@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import base64
 import dataclasses
-import html
 import json
 import re
 import shutil
@@ -24,10 +23,12 @@ from typing import Any
 
 import nibabel as nib
 import numpy as np
+from markupsafe import Markup
 
 import analysis  # noqa: F401  (puts bundle/ on sys.path for ``scripts``)
 from analysis import bayes
 from analysis.explain import figures
+from analysis.templating import render
 
 PAGE_NAME = "scan_report.html"
 DEFAULT_METHODS = ("gradcam", "integrated_gradients")
@@ -49,10 +50,6 @@ figcaption{font-size:.9em;color:#555}.small{font-size:.85em;color:#555}"""
 def _fail(message: str) -> SystemExit:
     """One line, ``error: ...``, as the bundle and the preprocessing CLI print their refusals."""
     return SystemExit("error: " + " ".join(str(message).split()))
-
-
-def _e(value: Any) -> str:
-    return html.escape(str(value))
 
 
 def _pct(value: float) -> str:
@@ -139,18 +136,14 @@ def _post_test(probability: float, confusion: Mapping[str, Any], prevalence: bay
             "sensitivity": result["sensitivity"], "specificity": result["specificity"], **confusion}  # fmt: skip
 
 
-def _img(path: str | Path, alt: str, caption: str = "") -> str:
-    data = base64.b64encode(Path(path).read_bytes()).decode("ascii")
-    cap = f"<figcaption>{_e(caption)}</figcaption>" if caption else ""
-    return f'<figure><img src="data:image/png;base64,{data}" alt="{_e(alt)}">{cap}</figure>'
+def _picture(path: str | Path, alt: str, caption: str = "") -> dict[str, str]:
+    """A PNG to embed in the page: base64 data, alt text and caption (none when empty)."""
+    return {"data": base64.b64encode(Path(path).read_bytes()).decode("ascii"), "alt": alt, "caption": caption}
 
 
-def _table(header: Sequence[str] | None, rows: Sequence[Sequence[Any]]) -> str:
-    """Cells are escaped here; numbers (and percentages, n/a) are right-aligned."""
-    head = "<tr>" + "".join(f"<th>{_e(h)}</th>" for h in header) + "</tr>" if header else ""
-    body = "".join("<tr>" + "".join(f"<td{' class=num' if _NUMBER.fullmatch(str(c)) else ''}>{_e(c)}</td>"
-                                    for c in row) + "</tr>" for row in rows)  # fmt: skip
-    return f"<table>{head}{body}</table>"
+def _numeric(cell: Any) -> bool:
+    """Whether a table cell is a number (or a percentage, n/a), right-aligned on the page."""
+    return bool(_NUMBER.fullmatch(str(cell)))
 
 
 def _interval(entry: Mapping[str, float]) -> str:
@@ -254,72 +247,51 @@ def build_scan_page(scan: Path, model_dir: Path, out: Path, prevalence: float | 
     return page
 
 
-def _summary_html(s: Mapping[str, Any], model_dir: Path) -> str:
-    plan = s["plan"]
+def _scan_rows(s: Mapping[str, Any]) -> list[tuple[str, Any]]:
+    """The scan, its grid and the model, as (name, value) rows."""
     grid = f"{'x'.join(map(str, s['native_shape']))} voxels of {' x '.join(f'{v:g}' for v in s['native_voxel_mm'])} mm"
-    rows = [("scan", s["scan"]), ("format", s["format"]), ("native volume", s["native_file"]),
+    return [("scan", s["scan"]), ("format", s["format"]), ("native volume", s["native_file"]),
             ("native grid", f"{grid}, stored {s['native_orientation']}"), ("model", s["model_file"]),
             ("weights SHA-256", s["model_sha256"]), ("architecture", s["architecture"])]  # fmt: skip
-    parts = [_table(None, rows)]
+
+
+def _plan_rows(plan: Mapping[str, Any] | None) -> list[tuple[str, Any]] | None:
+    """The settings of the model's plan, its skull-stripper weights and date; None without a plan."""
     if plan is None:
-        parts.append(f"<p class='banner warn'>No plan.json beside the model in {_e(model_dir)}: the scan was made "
-                     "with the defaults of bundle/configs/preprocess.json, which may not be how the model's training "
-                     "volumes were made.</p>")  # fmt: skip
-    else:
-        settings = [(k, json.dumps(v)) for k, v in plan["settings"].items()]
-        weights = plan.get("skull_stripper_weights") or {}
-        if weights:
-            settings.append(("skull-stripper weights", f"{weights.get('file')} (SHA-256 {weights.get('sha256')})"))
-        settings.append(("plan created", plan.get("created", "?")))
-        parts.append("<p>Preprocessing plan of the model (the settings its training volumes were made with; this scan "
-                     "went through the same chain):</p>" + _table(["setting", "value"], settings))  # fmt: skip
-    parts.append("<p>Relevance map settings:</p>" + _table(["setting", "value"], list(s["map_settings"].items())))
-    return "".join(parts)
+        return None
+    settings = [(k, json.dumps(v)) for k, v in plan["settings"].items()]
+    weights = plan.get("skull_stripper_weights") or {}
+    if weights:
+        settings.append(("skull-stripper weights", f"{weights.get('file')} (SHA-256 {weights.get('sha256')})"))
+    settings.append(("plan created", plan.get("created", "?")))
+    return settings
 
 
-def _qc_html(s: Mapping[str, Any], qc_png: str | None) -> str:
-    reasons = s["qc_reasons"] or "none"
-    parts = [f"<p>QC status: <b>{_e(s['qc_status'])}</b>. Reasons: {_e(reasons)}.</p>"]
-    if qc_png and Path(qc_png).is_file():
-        parts.append(_img(qc_png, "QC picture", "Top: the scan as read; bottom: the model-ready volume with the brain "
-                          "mask outline (red). Neurological convention."))  # fmt: skip
-    return "".join(parts)
+def _fold_context(s: Mapping[str, Any]) -> dict[str, Any]:
+    """Each fold model's probability (or why it has none), and their mean, min and max."""
+    rows = [(f["fold"], f"{f['prob_AD']:.3f}" if "prob_AD" in f else f["note"], f["file"]) for f in s["folds"]]
+    probs = [f["prob_AD"] for f in s["folds"] if "prob_AD" in f]
+    stats = {"mean": np.mean(probs), "min": min(probs), "max": max(probs), "n": len(probs)} if probs else None
+    return {"fold_rows": rows, "fold_probs": stats}
 
 
-def _result_html(s: Mapping[str, Any]) -> str:
-    p = s["prob_AD"]
-    parts = [f"<p class='big'>AD probability (model): {p:.3f} ({_e(_call(s))})</p>"]
-    if s["folds"]:
-        rows = [(f["fold"], f"{f['prob_AD']:.3f}" if "prob_AD" in f else f["note"], f["file"]) for f in s["folds"]]
-        probs = [f["prob_AD"] for f in s["folds"] if "prob_AD" in f]
-        parts.append("<p>Each cross-validation fold's model on the same preprocessed volume:</p>"
-                     + _table(["fold", "AD probability", "model"], rows))  # fmt: skip
-        if probs:
-            parts.append(f"<p>Fold models: mean {np.mean(probs):.3f}, min {min(probs):.3f}, max {max(probs):.3f} "
-                         f"({len(probs)} models).</p>")  # fmt: skip
-    t = s["post_test"]
+def _post_test_context(t: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    """The post-test paragraph's texts: P(AD) after the test with its interval, and what it rests on."""
     if t is None:
-        parts.append("<p class='banner info'>No post-test probability: it needs the model's test confusion matrix, "
-                     "and no evaluation was found (no eval/metrics.json beside the model folder). Pass --eval-dir "
-                     "&lt;output_dir of the evaluation&gt;.</p>")  # fmt: skip
-        return "".join(parts)
-    prev, c = t["prevalence"], t["counts"]
-    result = "positive (AD)" if t["positive"] else "negative (CN)"
-    what = "PPV, P(AD | positive)" if t["positive"] else "1 - NPV, P(AD | negative)"
-    parts.append(
-        f"<p class='big'>Post-test probability of AD: {_e(_interval(t['post_test']))}</p>"
-        f"<p>The model's result is <b>{result}</b> at its threshold {t['threshold']:g}. At a prevalence of "
-        f"{_pct(prev['value'])} ({_e(prev['label'])}) this is the {_e(what)}, from Beta(1, 1) posteriors of the "
-        f"sensitivity ({_e(_interval(t['sensitivity']))}) and specificity ({_e(_interval(t['specificity']))}) "
-        f"given the test confusion matrix in {_e(t['file'])}: TP {c['tp']}, FN {c['fn']}, TN {c['tn']}, FP {c['fp']} "
-        f"({_e(t.get('n'))} scans of {_e(t.get('n_subjects'))} subjects; scans of one person are not independent, so "
-        f"with several per subject the interval is too narrow).</p><p class='small'>Prevalence source: "
-        f"{_e(prev['source'])} {_e(prev.get('note') or '')}</p>"
-    )
-    return "".join(parts)
+        return None
+    prev = t["prevalence"]
+    return {
+        "interval": _interval(t["post_test"]), "result": "positive (AD)" if t["positive"] else "negative (CN)",
+        "threshold": t["threshold"], "prevalence": _pct(prev["value"]), "label": prev["label"],
+        "what": "PPV, P(AD | positive)" if t["positive"] else "1 - NPV, P(AD | negative)",
+        "sensitivity": _interval(t["sensitivity"]), "specificity": _interval(t["specificity"]), "file": t["file"],
+        "counts": t["counts"], "n": t.get("n"), "n_subjects": t.get("n_subjects"), "source": prev["source"],
+        "note": prev.get("note") or "",
+    }  # fmt: skip
 
 
-def _regions_html(s: Mapping[str, Any]) -> str:
+def _region_table(s: Mapping[str, Any]) -> dict[str, Any]:
+    """Fraction and density gain per region (rows) and method (columns)."""
     from analysis.explain.maps import METHOD_TITLES
     from analysis.explain.regions import REGION_TITLES
 
@@ -331,12 +303,7 @@ def _regions_html(s: Mapping[str, Any]) -> str:
     ]
     rows = [[REGION_TITLES.get(name, name)] + [v for m in methods for v in (_pct(by_region[m][name]["fraction"]),
              _num(by_region[m][name]["density_gain"]))] for name in names]  # fmt: skip
-    return _table(header, rows) + (
-        "<p>Fraction: the share of all positive relevance (evidence for AD) that falls in the region. Density gain: "
-        "the region's relevance per voxel against the brain's mean (its share of the relevance inside the brain "
-        "divided by its share of the brain's volume); 1 is the brain's average, 3 three times as dense. The regions "
-        "are approximate: the MNI152 template's regions registered onto this scan (ANTs), not a segmentation of "
-        "this brain.</p>")  # fmt: skip
+    return {"region_header": header, "region_rows": rows}
 
 
 def _call(s: Mapping[str, Any]) -> str:
@@ -356,30 +323,41 @@ def _headline(s: Mapping[str, Any]) -> str:
 
 
 def _page(s: Mapping[str, Any], pictures: Mapping[str, Any], model_dir: Path) -> str:
+    """The page, rendered from ``templates/scan_page.html.j2``."""
     from analysis.explain.maps import METHOD_TITLES
 
-    title = f"Scan report: {Path(s['scan']).name}"
-    forced = ""
-    if s["forced_qc"]:
-        forced = f"<div class='banner fail'>{_e(FORCED_BANNER)}: {_e(s['qc_reasons'])}</div>"
-    overlays = "".join(_img(png, f"overlay {m}", f"{METHOD_TITLES.get(m, m)} on the scan's own grid, through the "
-                            "centre of each hippocampus (template regions, white; ventricles, magenta).")
-                       for m, png in pictures["overlays"].items())  # fmt: skip
-    timing = ", ".join(f"{k.replace('_', ' ')} {v:.1f} s" for k, v in s["seconds"].items())
-    return (
-        f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>{_e(title)}</title>"
-        f"<style>{CSS}</style></head><body><div class='banner warn'><b>{_e(RESEARCH_ONLY)}</b></div>{forced}"
-        f"<h1>{_e(title)}</h1><div class='banner info'>{_e(_headline(s))}</div>"
-        f"<h2>Scan, model and plan</h2>{_summary_html(s, model_dir)}"
-        f"<h2>Quality control</h2>{_qc_html(s, pictures['qc'])}"
-        f"<h2>Result</h2>{_result_html(s)}"
-        f"<h2>Where the model looked</h2><p>Relevance maps are computed on the model's 3D input and drawn on the "
-        f"patient's own scan. They show what the network used, not where disease is, and the methods often "
-        f"disagree.</p>{overlays}"
-        f"{_img(pictures['methods'], 'methods', 'The methods side by side, each on its own scale.')}"
-        f"<h2>Relevance per region</h2>{_regions_html(s)}"
-        f"<p class='small'>Times: {_e(timing)}. Numbers are in scan_report.json; the maps on the scan's grid in "
-        f"maps/.</p></body></html>"
+    overlays = [_picture(png, f"overlay {m}", f"{METHOD_TITLES.get(m, m)} on the scan's own grid, through the "
+                         "centre of each hippocampus (template regions, white; ventricles, magenta).")
+                for m, png in pictures["overlays"].items()]  # fmt: skip
+    qc_png = pictures["qc"]
+    qc_picture = None
+    if qc_png and Path(qc_png).is_file():
+        qc_picture = _picture(qc_png, "QC picture", "Top: the scan as read; bottom: the model-ready volume with the "
+                              "brain mask outline (red). Neurological convention.")  # fmt: skip
+    return render(
+        "scan_page.html.j2",
+        title=f"Scan report: {Path(s['scan']).name}",
+        css=Markup(CSS),
+        research_only=RESEARCH_ONLY,
+        forced=s["forced_qc"],
+        forced_banner=FORCED_BANNER,
+        headline=_headline(s),
+        scan_rows=_scan_rows(s),
+        model_dir=model_dir,
+        plan_rows=_plan_rows(s["plan"]),
+        map_settings=list(s["map_settings"].items()),
+        qc_status=s["qc_status"],
+        qc_reasons=s["qc_reasons"],
+        qc_picture=qc_picture,
+        prob_AD=s["prob_AD"],
+        call=_call(s),
+        **_fold_context(s),
+        post_test=_post_test_context(s["post_test"]),
+        overlays=overlays,
+        methods_picture=_picture(pictures["methods"], "methods", "The methods side by side, each on its own scale."),
+        **_region_table(s),
+        timing=", ".join(f"{k.replace('_', ' ')} {v:.1f} s" for k, v in s["seconds"].items()),
+        numeric=_numeric,
     )
 
 

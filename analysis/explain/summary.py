@@ -1,18 +1,24 @@
-"""The explanation summary as printed text and as a section of the HTML report (``analysis report --explain-dir``)."""
+"""The explanation summary: its verdict (is the relevance on the planted atrophy?), and the summary as printed text
+and as a section of the HTML report (``analysis report --explain-dir``)."""
 
 from __future__ import annotations
 
 import base64
-import html
 import json
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
+from analysis.explain import regions
 from analysis.explain.maps import METHOD_TITLES
 from analysis.explain.regions import REGION_TITLES
+from analysis.templating import render
 
+TARGET = "hippocampi_and_ventricles"
+GAIN_EXPECTED = 3.0  # relevance density gain on hippocampi + ventricles that would show the planted atrophy is used
 SHOWN_REGIONS = (
     "hippocampi_and_ventricles",
     "hippocampi",
@@ -23,6 +29,57 @@ SHOWN_REGIONS = (
     "rest_of_brain",
     "outside_brain",
 )
+
+
+def _find(entries: Sequence[Mapping[str, Any]], **where: Any) -> Mapping[str, Any] | None:
+    return next((e for e in entries if all(e.get(k) == v for k, v in where.items())), None)
+
+
+def verdict(summary: Mapping[str, Any]) -> dict[str, Any]:
+    """Is the relevance on the planted atrophy? Per method: AD scans' density gain on hippocampi + ventricles
+    (≥ 3 expected), pointing game, and whether the maps pass the randomisation check."""
+    per_method, on_target = {}, []
+    randomisation = (summary.get("randomisation") or {}).get("methods", {})
+    for method in summary["methods"]:
+        entry = _find(summary["regions"], group="AD", method=method, region=TARGET) or _find(
+            summary["regions"], group="all", method=method, region=TARGET
+        )
+        gain = entry["density_gain_mean"] if entry else None
+        passed = randomisation.get(method, {}).get("passed")
+        ok = gain is not None and np.isfinite(gain) and gain >= GAIN_EXPECTED and passed is True
+        per_method[method] = {"density_gain": gain, "randomisation_passed": passed, "on_atrophy": ok}
+        if ok:
+            on_target.append(method)
+    if on_target:
+        text = (
+            f"Relevance is on the planted atrophy (hippocampi + lateral ventricles, density gain ≥ {GAIN_EXPECTED:g} "
+            f"on AD scans, randomisation check passed) for: {', '.join(METHOD_TITLES[m] for m in on_target)}."
+        )
+    else:
+        text = (
+            f"No method puts relevance on the planted atrophy at a density gain of {GAIN_EXPECTED:g} with a passed "
+            f"randomisation check. Instead: {'; '.join(_where_instead(summary))}."
+        )
+    return {"methods": per_method, "on_atrophy": on_target, "text": text}
+
+
+def _where_instead(summary: Mapping[str, Any]) -> list[str]:
+    """Per method, the single region with the densest relevance and the one holding most of it (AD scans)."""
+    group = "AD" if any(e["group"] == "AD" for e in summary["regions"]) else "all"
+    parts = []
+    for method in summary["methods"]:
+        own = [e for e in summary["regions"] if e["group"] == group and e["method"] == method]
+        own = [e for e in own if e["region"] in regions.REGIONS and np.isfinite(e.get("density_gain_mean") or np.nan)]
+        if not own:
+            continue
+        densest = max(own, key=lambda e: e["density_gain_mean"])
+        largest = max(own, key=lambda e: e["fraction_mean"])
+        parts.append(
+            f"{METHOD_TITLES[method]} is densest in {densest['title'].lower()} "
+            f"(gain {densest['density_gain_mean']:.2f}), its largest share is {largest['title'].lower()} "
+            f"({100 * largest['fraction_mean']:.0f}%)"
+        )
+    return parts
 
 
 def read_summary(explain_dir: str | Path) -> dict[str, Any]:
@@ -111,12 +168,11 @@ def summary_text(summary: Mapping[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _img(path: Path, alt: str) -> str:
+def _figure(path: Path, alt: str) -> dict[str, str] | None:
+    """A PNG to embed (base64) with its alt text and caption; None when the file does not exist."""
     if not path.exists():
-        return ""
-    data = base64.b64encode(path.read_bytes()).decode("ascii")
-    alt = html.escape(alt)
-    return f'<figure><img alt="{alt}" src="data:image/png;base64,{data}"><figcaption>{alt}</figcaption></figure>'
+        return None
+    return {"alt": alt, "data": base64.b64encode(path.read_bytes()).decode("ascii")}
 
 
 def summary_html(summary: Mapping[str, Any], explain_dir: str | Path) -> str:
@@ -128,35 +184,34 @@ def summary_html(summary: Mapping[str, Any], explain_dir: str | Path) -> str:
         for entry in _entries(summary, group):
             if entry["method"] == method:
                 rows.append(
-                    f"<tr><td>{html.escape(METHOD_TITLES[method])} (n = {entry['n_scans']})</td>"
-                    f"<td>{html.escape(REGION_TITLES.get(entry['region'], entry['region']))}</td>"
-                    f"<td>{_pct(entry, 'fraction')}</td><td>{_ci(entry, 'density_gain')}</td>"
-                    f"<td>{_ci(entry, 'pointing_game')}</td></tr>"
+                    {
+                        "method": METHOD_TITLES[method],
+                        "n_scans": entry["n_scans"],
+                        "region": REGION_TITLES.get(entry["region"], entry["region"]),
+                        "share": _pct(entry, "fraction"),
+                        "density_gain": _ci(entry, "density_gain"),
+                        "pointing_game": _ci(entry, "pointing_game"),
+                    }
                 )
-    checks = "".join(
-        f"<li>{html.escape(METHOD_TITLES[m])}: {html.escape(_randomisation_line(summary, m))}</li>"
-        for m in summary["methods"]
-    )
+    checks = [(METHOD_TITLES[m], _randomisation_line(summary, m)) for m in summary["methods"]]
     figures = [
-        _img(explain_dir / p, f"class mean, {Path(p).stem}")
+        _figure(explain_dir / p, f"class mean, {Path(p).stem}")
         for paths in summary.get("class_means", {}).values()
         for p in paths
     ]
     figures += [
-        _img(explain_dir / "figures" / f"depth_profile_{m}.png", f"depth profile, {METHOD_TITLES[m]}")
+        _figure(explain_dir / "figures" / f"depth_profile_{m}.png", f"depth profile, {METHOD_TITLES[m]}")
         for m in summary["methods"]
     ]
-    figures.append(_img(explain_dir / "figures" / "layer4_channels.png", "layer-4 channels that differ most"))
-    return (
-        f"<p><b>{html.escape(summary['verdict']['text'])}</b></p>"
-        f"<p>{summary['n_scans']} scans; regions from {html.escape(', '.join(summary['settings']['regions']))}. "
-        "Share = positive relevance in the region / all positive relevance; density gain = that share relative to "
-        f"the region's share of brain volume (1 = the brain's mean density). Mean and 95% subject-bootstrap CI over "
-        f"{html.escape(group)} scans; pointing game: the maximum lies in the hippocampi or ventricles (dilated by "
-        f"{summary['settings'].get('pointing_margin_voxels', 1)} voxel).</p>"
-        "<table><tr><th>method</th><th>region</th><th>share</th><th>density gain</th><th>pointing game</th></tr>"
-        + "".join(rows)
-        + f"</table><p>Cascading randomisation (Adebayo et al. 2018):</p><ul>{checks}</ul>"
-        + "".join(f for f in figures if f)
-        + "<p class='small'>Made by <code>python -m analysis explain</code>.</p>"
+    figures.append(_figure(explain_dir / "figures" / "layer4_channels.png", "layer-4 channels that differ most"))
+    return render(
+        "explain_summary.html.j2",
+        verdict=summary["verdict"]["text"],
+        n_scans=summary["n_scans"],
+        regions=summary["settings"]["regions"],
+        group=group,
+        margin=summary["settings"].get("pointing_margin_voxels", 1),
+        rows=rows,
+        checks=checks,
+        figures=[f for f in figures if f],
     )

@@ -26,214 +26,57 @@ Decisions the dissertation leaves open, made here once for all functions:
   ``image_id`` compared with digit runs as numbers (ADNI's ``I99`` before ``I100``).
 * A subject with both AD and CN scans (an ADNI converter) is refused: dealing per condition would place that person
   in two partitions, which is exactly the leakage this module exists to prevent.
+
+The rules above are implemented in :mod:`scripts.cohort_rules`, the summaries and the datalist writer in
+:mod:`scripts.cohort_summary`; every name of both is importable from here.
 """
 
 from __future__ import annotations
 
-import json
 import math
-import os
-import re
-import tempfile
 import warnings
-from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
 from fractions import Fraction
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from .data import CLASS_NAMES, PARTITIONS, check_no_subject_leakage
-
-REQUIRED_KEYS = ("image", "label", "subject", "image_id")
-DEFAULT_FRACTIONS = (0.8, 0.1, 0.1)  # training, validation, test, in the order of PARTITIONS
-# Held-out partitions are dealt first so that, with subjects in ascending size, they collect the most people.
-DEAL_ORDER = ("test", "validation", "training")
-SHORT_NAMES = {"training": "train", "validation": "val", "test": "test"}
-SUMMARY_LABEL_ORDER = (1, 0)  # AD before CN, as the dissertation printed it
-
-Scan = dict[str, Any]
-Partitions = Mapping[str, Sequence[Mapping[str, Any]]]
+# ``as`` marks a re-export: names this module does not use itself but that stay importable from it.
+from .cohort_rules import (
+    DEAL_ORDER,
+    DEFAULT_FRACTIONS,
+    Scan,
+    _apportion,
+    _ascending_subjects,
+    _canonical_key,
+    _check_seed,
+    _checked_fractions,
+    _deal,
+    _groups,
+    _label,
+    _seeded_subject_order,
+    _split_targets,
+    _subject,
+    _validated,
+)
+from .cohort_rules import REQUIRED_KEYS as REQUIRED_KEYS
+from .cohort_rules import Partitions as Partitions
+from .cohort_rules import _natural_key as _natural_key
+from .cohort_rules import _partition_lists as _partition_lists
+from .cohort_rules import _scan_order_key as _scan_order_key
+from .cohort_summary import SHORT_NAMES as SHORT_NAMES
+from .cohort_summary import SUMMARY_LABEL_ORDER as SUMMARY_LABEL_ORDER
+from .cohort_summary import ConditionSplit as ConditionSplit
+from .cohort_summary import format_summary as format_summary
+from .cohort_summary import split_summary as split_summary
+from .cohort_summary import summarize_split as summarize_split
+from .cohort_summary import write_datalist as write_datalist
+from .data import CLASS_NAMES as CLASS_NAMES
+from .data import PARTITIONS, check_no_subject_leakage
 
 
 class CohortImbalanceWarning(UserWarning):
     """There are fewer CN scans than AD scans, so the balanced cohort is still AD-heavy."""
-
-
-@dataclass(frozen=True)
-class ConditionSplit:
-    """Target and actual counts of one condition, keyed by partition name (``training``/``validation``/``test``)."""
-
-    condition: str
-    label: int
-    targets: dict[str, int]
-    scans: dict[str, int]
-    subjects: dict[str, int]
-
-
-# ---------------------------------------------------------------------------------------------------------------------
-# Validation and ordering helpers
-
-
-def _natural_key(text: str) -> tuple:
-    # re.split with a capturing group alternates text and digit runs, so every position holds one type and tuples of
-    # different ids stay comparable.
-    return tuple(int(part) if i % 2 else part for i, part in enumerate(re.split(r"(\d+)", text)))
-
-
-def _label(scan: Mapping[str, Any]) -> int:
-    return int(scan["label"])
-
-
-def _subject(scan: Mapping[str, Any]) -> str:
-    # Ids may come as numbers from a CSV; comparing as text keeps "0295" and 295 from silently becoming one person.
-    return str(scan["subject"])
-
-
-def _scan_order_key(scan: Mapping[str, Any]) -> tuple:
-    date = scan.get("date")
-    dated = (0, str(date)) if date not in (None, "") else (1, "")
-    image_id = str(scan["image_id"])
-    return (dated, _natural_key(image_id), image_id, str(scan["image"]))
-
-
-def _canonical_key(scan: Mapping[str, Any]) -> tuple:
-    subject = _subject(scan)
-    return (_label(scan), _natural_key(subject), subject, _scan_order_key(scan))
-
-
-def _validated(scans: Iterable[Mapping[str, Any]]) -> list[Scan]:
-    """Copies of ``scans`` in canonical order, after refusing input that would make a split meaningless.
-
-    Sorting here is what makes every public function independent of the order the scans were listed in.
-    """
-    copies: list[Scan] = []
-    for scan in scans:
-        if not isinstance(scan, Mapping):
-            raise TypeError(f"A scan must be a mapping, got {type(scan).__name__}: {scan!r}")
-        missing = [key for key in REQUIRED_KEYS if key not in scan]
-        if missing:
-            raise ValueError(f"Scan {dict(scan)} lacks required key(s) {missing}; every scan needs {REQUIRED_KEYS}.")
-        if isinstance(scan["label"], str) or scan["label"] not in (0, 1):
-            raise ValueError(f"Scan {scan['image_id']} has label {scan['label']!r}; expected 0 (CN) or 1 (AD).")
-        copies.append(dict(scan))
-
-    seen: dict[str, Scan] = {}
-    duplicates: set[str] = set()
-    labels_of: dict[str, set[int]] = defaultdict(set)
-    for scan in copies:
-        image_id = str(scan["image_id"])
-        if image_id in seen:
-            duplicates.add(image_id)
-        seen[image_id] = scan
-        labels_of[_subject(scan)].add(_label(scan))
-    if duplicates:
-        # The same scan twice could land in two partitions, a leak that the subject check cannot see.
-        raise ValueError(f"Duplicate image_id(s): {', '.join(sorted(duplicates))}; each scan may appear only once.")
-    mixed = sorted(subject for subject, labels in labels_of.items() if len(labels) > 1)
-    if mixed:
-        raise ValueError(
-            f"Subject(s) with both AD and CN scans: {', '.join(mixed)}. Assign each subject one diagnosis (or drop "
-            f"the subject) first, otherwise the per-condition split would put one person in two partitions."
-        )
-    return sorted(copies, key=_canonical_key)
-
-
-def _check_seed(seed: int) -> None:
-    if isinstance(seed, bool) or not isinstance(seed, int | np.integer) or seed < 0:
-        raise ValueError(f"seed must be a non-negative integer, got {seed!r}.")
-
-
-def _groups(scans: Sequence[Scan], label: int) -> dict[str, list[Scan]]:
-    """Scans of one condition by subject, each subject's scans in their stable (chronological) order."""
-    groups: dict[str, list[Scan]] = defaultdict(list)
-    for scan in scans:  # already canonical, so each group's scans are in _scan_order_key order
-        if _label(scan) == label:
-            groups[_subject(scan)].append(scan)
-    return dict(groups)
-
-
-def _seeded_subject_order(subjects: Iterable[str], seed: int, label: int) -> list[str]:
-    # Start from sorted ids so the permutation depends on the seed only, never on dict or input order.
-    ordered = sorted(subjects, key=lambda s: (_natural_key(s), s))
-    rng = np.random.default_rng([seed, label])
-    return [ordered[i] for i in rng.permutation(len(ordered))]
-
-
-def _ascending_subjects(groups: Mapping[str, Sequence[Scan]], seed: int, label: int) -> list[str]:
-    # A stable sort after the seeded permutation is what breaks ties in scan count by the seed.
-    return sorted(_seeded_subject_order(groups, seed, label), key=lambda s: len(groups[s]))
-
-
-def _checked_fractions(fractions: Sequence[float]) -> dict[str, Fraction]:
-    if len(fractions) != len(PARTITIONS):
-        raise ValueError(f"fractions must give {len(PARTITIONS)} shares for {PARTITIONS}, got {fractions!r}.")
-    values = [float(f) for f in fractions]
-    if any(not math.isfinite(f) or f < 0 for f in values) or abs(sum(values) - 1.0) > 1e-6:
-        raise ValueError(f"fractions must be non-negative and sum to 1 (train, val, test), got {fractions!r}.")
-    # Through str() so 0.1 means the decimal the caller wrote, not the binary float just above it.
-    exact = [Fraction(str(f)) for f in values]
-    total = sum(exact)
-    return {partition: share / total for partition, share in zip(PARTITIONS, exact, strict=True)}
-
-
-def _apportion(total: int, shares: Sequence[Fraction]) -> list[int]:
-    """Largest-remainder integer targets summing to ``total``; ties go to the earlier share.
-
-    Shares must sum to 1. Callers list shares in dealing order, so a tie favours the partition dealt first.
-    """
-    quotas = [share * total for share in shares]
-    counts = [math.floor(q) for q in quotas]
-    leftover = total - sum(counts)
-    by_remainder = sorted(range(len(shares)), key=lambda i: (-(quotas[i] - counts[i]), i))
-    for i in by_remainder[:leftover]:
-        counts[i] += 1
-    return counts
-
-
-def _split_targets(total: int, fractions: Mapping[str, Fraction]) -> dict[str, int]:
-    shares = [fractions[p] for p in DEAL_ORDER]
-    counts = _apportion(total, shares)
-    # Small cohorts: rounding can leave a partition with a non-zero fraction empty (6 scans at 80/10/10 gives
-    # 5/0/1), and training without validation cannot select a model. Give such a partition one scan, taken from
-    # the largest, whenever there are enough scans to go round.
-    if total >= sum(1 for share in shares if share > 0):
-        for i, share in enumerate(shares):
-            if share > 0 and counts[i] == 0:
-                counts[max(range(len(counts)), key=lambda j: counts[j])] -= 1
-                counts[i] = 1
-    return dict(zip(DEAL_ORDER, counts, strict=True))
-
-
-def _deal(order: Sequence[str], sizes: Mapping[str, int], targets: Sequence[int], fallback: int) -> dict[str, int]:
-    """Round-robin of subjects (in ``order``) over bins, skipping a bin whose scan count has reached its target.
-
-    Returns the bin index of every subject. ``fallback`` takes a subject when every bin is full, which cannot happen
-    when the targets sum to the total scans (some bin is then always short); it keeps the deal total anyway.
-    """
-    filled = [0] * len(targets)
-    assignment: dict[str, int] = {}
-    pointer = 0
-    for subject in order:
-        chosen = fallback
-        for step in range(len(targets)):
-            candidate = (pointer + step) % len(targets)
-            if filled[candidate] < targets[candidate]:
-                chosen = candidate
-                break
-        assignment[subject] = chosen
-        filled[chosen] += sizes[subject]
-        pointer = (chosen + 1) % len(targets)
-    return assignment
-
-
-def _partition_lists(partitions: Partitions) -> dict[str, list[Mapping[str, Any]]]:
-    unknown = sorted(set(partitions) - set(PARTITIONS))
-    if unknown:
-        raise ValueError(f"Unknown partition name(s) {unknown}; expected only {PARTITIONS}.")
-    return {partition: list(partitions.get(partition, [])) for partition in PARTITIONS}
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -379,99 +222,3 @@ def kfold_datalists(
         check_no_subject_leakage(datalist)
         datalists.append(datalist)
     return datalists
-
-
-def summarize_split(partitions: Partitions, fractions: Sequence[float] = DEFAULT_FRACTIONS) -> list[ConditionSplit]:
-    """Per-condition target and actual scan/subject counts of a split, AD first as the dissertation listed them.
-
-    The targets are recomputed from each condition's total scans and ``fractions`` with the same rounding as
-    :func:`split_subjects`, so they equal the targets the split aimed at when given the same fractions. Conditions
-    with no scans in any partition are left out.
-    """
-    shares = _checked_fractions(fractions)
-    lists = _partition_lists(partitions)
-    summaries = []
-    for label in SUMMARY_LABEL_ORDER:
-        scans = {p: [s for s in lists[p] if int(s["label"]) == label] for p in PARTITIONS}
-        total = sum(len(items) for items in scans.values())
-        if total == 0:
-            continue
-        summaries.append(
-            ConditionSplit(
-                condition=CLASS_NAMES[label],
-                label=label,
-                targets=_split_targets(total, shares),
-                scans={p: len(items) for p, items in scans.items()},
-                subjects={p: len({_subject(s) for s in items}) for p, items in scans.items()},
-            )
-        )
-    return summaries
-
-
-def format_summary(summaries: Sequence[ConditionSplit]) -> str:
-    """The dissertation's printout of a split, one block per condition separated by a blank line."""
-    blocks = []
-    for summary in summaries:
-        targets = ", ".join(f"{SHORT_NAMES[p].capitalize()}: {summary.targets[p]}" for p in PARTITIONS)
-        lines = [f"Condition: {summary.condition}", f"Target scan counts -> {targets}", "Actual split scan counts:"]
-        lines += [f"{SHORT_NAMES[p]}: {summary.scans[p]} scans over {summary.subjects[p]} subjects" for p in PARTITIONS]
-        blocks.append("\n".join(lines))
-    return "\n\n".join(blocks)
-
-
-def split_summary(partitions: Partitions, fractions: Sequence[float] = DEFAULT_FRACTIONS) -> str:
-    """Text summary of a split in the dissertation's form; see :func:`summarize_split` for the numbers."""
-    return format_summary(summarize_split(partitions, fractions))
-
-
-def write_datalist(partitions: Partitions, path: str | Path, dataset_dir: str | Path | None = None) -> Path:
-    """Write a MONAI datalist JSON ``{"training": [...], "validation": [...], "test": [...]}`` and return its path.
-
-    Entries are ``{"image", "label", "subject", "image_id"}`` followed by the scan's other keys; ``label`` is written
-    as an int and ids as strings so the file reads back the same whatever types the cohort table used. With
-    ``dataset_dir`` the image paths are written relative to it (the bundle joins them back onto its
-    ``dataset_dir``), and an image outside it is refused since it could not be found that way.
-
-    The datalist is checked for subject leakage and duplicate scans before anything is written, and written to a
-    temporary file renamed over ``path``, so a reader never sees a half-written file and a refused datalist leaves
-    any previous file untouched.
-    """
-    lists = _partition_lists(partitions)
-    _validated(item for items in lists.values() for item in items)  # duplicates, labels, missing keys
-    base = os.path.abspath(dataset_dir) if dataset_dir is not None else None
-    datalist: dict[str, list[dict[str, Any]]] = {}
-    for partition, items in lists.items():
-        entries = []
-        for item in items:
-            image = str(item["image"])
-            if base is not None:
-                try:
-                    image = Path(os.path.abspath(image)).relative_to(base).as_posix()
-                except ValueError:
-                    raise ValueError(f"Image {image} is not under dataset_dir {dataset_dir}.") from None
-            entry: dict[str, Any] = {
-                "image": image,
-                "label": int(item["label"]),
-                "subject": str(item["subject"]),
-                "image_id": str(item["image_id"]),
-            }
-            entry.update((key, value) for key, value in item.items() if key not in entry)
-            entries.append(entry)
-        datalist[partition] = entries
-    check_no_subject_leakage(datalist)
-    text = json.dumps(datalist, indent=2) + "\n"  # serialise first: unserialisable extra keys fail before any I/O
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp_name, 0o644)  # mkstemp creates 0600; a datalist is shared configuration, not a secret
-        os.replace(tmp_name, path)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
-    return path

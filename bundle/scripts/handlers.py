@@ -4,33 +4,44 @@
 - ``NonFiniteLossGuard``: a NaN/inf loss never updates weights; repeated ones stop training with a clear error.
 - ``DualEarlyStopping``: stops only when neither validation accuracy nor validation loss improved for ``patience``
   validations (ignite's EarlyStopping follows a single score).
-- ``ResumeFromLatestCheckpoint``: resumes from the newest intact per-epoch checkpoint (an unreadable newest one,
-  e.g. cut short by a crash, is skipped with a warning).
+- ``ResumeFromLatestCheckpoint`` (in :mod:`scripts.resume`): resumes from the newest intact per-epoch checkpoint
+  (an unreadable newest one, e.g. cut short by a crash, is skipped with a warning).
 - ``BestMetricTrackerState``: lets a per-epoch checkpoint carry the best-so-far scores of MONAI's CheckpointSavers.
+
+Under torchrun (``configs/multi_gpu_train.json``) every process runs these handlers, and the decisions that must be
+the same everywhere are taken together (:mod:`scripts.distributed`): the guard skips an update on all processes
+when any of them saw a non-finite loss, early stopping decides on rank 0's validation metrics, and every process
+resumes from the same checkpoint or none starts. Without torchrun they behave as in a single process.
 """
 
 from __future__ import annotations
 
 import logging
 import math
-import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
 from ignite.engine import Engine, Events
-from ignite.handlers import Checkpoint
 from monai.engines.utils import IterationEvents
 from monai.handlers import CheckpointSaver
 from monai.utils import set_determinism
 
-from .checkpoints import read_checkpoint, state_dict_problem
-from .data import BundleInputError
+from . import distributed
+from .resume import (  # noqa: F401  (re-exported: the configs and tests name them here)
+    EPOCH_CHECKPOINT_PATTERN,
+    ResumeFromLatestCheckpoint,
+    epoch_checkpoints,
+    latest_epoch_checkpoint,
+    training_checkpoint_problem,
+)
 
 logger = logging.getLogger(__name__)
 
-EPOCH_CHECKPOINT_PATTERN = re.compile(r"checkpoint_epoch=(\d+)\.pt$")
+#: Under torchrun, rank r seeds with ``seed + epoch + r * RANK_SEED_STRIDE`` (rank 0, and a single process, with
+#: ``seed + epoch``), so the processes draw different augmentations.
+RANK_SEED_STRIDE = 100_000
 
 
 class EpochSeeder:
@@ -38,6 +49,7 @@ class EpochSeeder:
 
     Shuffling and augmentation of an epoch then depend only on the seed and the epoch number, not on how many
     random numbers earlier epochs consumed, so "1 epoch + resume + 1 epoch" gives the same weights as 2 epochs.
+    Under torchrun, rank r adds ``r * RANK_SEED_STRIDE`` so that the processes do not repeat each other's noise.
     """
 
     def __init__(self, seed: int = 0) -> None:
@@ -47,7 +59,7 @@ class EpochSeeder:
         engine.add_event_handler(Events.EPOCH_STARTED, self)
 
     def __call__(self, engine: Engine) -> None:
-        set_determinism(seed=self.seed + engine.state.epoch)
+        set_determinism(seed=self.seed + engine.state.epoch + distributed.rank() * RANK_SEED_STRIDE)
 
 
 class NonFiniteLossGuard:
@@ -55,7 +67,9 @@ class NonFiniteLossGuard:
 
     Runs after backward and before the optimizer step: gradients are set to None, which makes AdamW skip every
     parameter (no step, no weight decay, no moment update). The batch's image ids are logged so the offending scans
-    can be inspected.
+    can be inspected. Under torchrun the processes' gradients are averaged during backward, so one process's
+    non-finite loss spoils every process's gradients: the update is then dropped on all of them, they count the
+    same streak and stop together.
 
     Args:
         max_consecutive: number of non-finite losses in a row that aborts training with a RuntimeError.
@@ -75,7 +89,8 @@ class NonFiniteLossGuard:
 
     def __call__(self, engine: Engine) -> None:
         loss = engine.state.output["loss"]
-        if bool(torch.isfinite(loss.detach()).all()):
+        finite_here = bool(torch.isfinite(loss.detach()).all())
+        if not distributed.any_process(not finite_here):
             self.consecutive = 0
             return
         for group in engine.optimizer.param_groups:
@@ -84,13 +99,19 @@ class NonFiniteLossGuard:
         self.consecutive += 1
         ids = self._batch_ids(engine)
         self.skipped.append(ids)
-        logger.warning(
-            f"Non-finite loss ({loss.item()}) at epoch {engine.state.epoch}, iteration {engine.state.iteration}; "
-            f"the update was skipped. Scans in the batch: {', '.join(ids)}"
-        )
+        where = f"epoch {engine.state.epoch}, iteration {engine.state.iteration}"
+        if finite_here:  # only under torchrun: another process's loss was not finite
+            logger.warning(f"Non-finite loss on another process at {where}; the update was skipped on every process.")
+            last = "on another process"
+        else:
+            logger.warning(
+                f"Non-finite loss ({loss.item()}) at {where}; the update was skipped. Scans in the batch: "
+                f"{', '.join(ids)}"
+            )
+            last = ", ".join(ids)
         if self.consecutive >= self.max_consecutive:
             raise RuntimeError(
-                f"{self.consecutive} non-finite losses in a row (last batch: {', '.join(ids)}). Training stopped: "
+                f"{self.consecutive} non-finite losses in a row (last batch: {last}). Training stopped: "
                 f"check these scans for NaN/inf voxels or constant images, or lower the learning rates."
             )
 
@@ -107,7 +128,9 @@ class DualEarlyStopping:
 
     Training stops only when neither metric improved for ``patience`` consecutive validations. Built with the
     validator whose metrics it reads and attached to the trainer it stops. Its state is saved in the per-epoch
-    checkpoint so a resumed run continues counting where it stopped.
+    checkpoint so a resumed run continues counting where it stopped. Under torchrun every process decides on rank
+    0's two values (MONAI's metrics are already reduced over the processes; the broadcast makes equality certain),
+    so all of them stop at the same epoch and hold the state rank 0 saves.
 
     Args:
         validator: the engine whose ``state.metrics`` hold the two metrics after each validation.
@@ -145,6 +168,7 @@ class DualEarlyStopping:
     def __call__(self, validator: Engine) -> None:
         accuracy = float(validator.state.metrics[self.accuracy_metric])
         loss = float(validator.state.metrics[self.loss_metric])
+        accuracy, loss = distributed.broadcast_from_rank0([accuracy, loss])
         if accuracy > self.best_accuracy + self.min_delta:
             self.best_accuracy, self.accuracy_counter = accuracy, 0
         else:
@@ -193,123 +217,6 @@ class BestMetricTrackerState:
 
     def load_state_dict(self, state: Mapping) -> None:
         self.saver.load_state_dict(state)
-
-
-def epoch_checkpoints(ckpt_dir: str | Path) -> list[Path]:
-    """The per-epoch checkpoints ``checkpoint_epoch=N.pt`` in ``ckpt_dir``, newest (highest N) first."""
-    ckpt_dir = Path(ckpt_dir)
-    if not ckpt_dir.is_dir():
-        return []
-    found = [(int(m.group(1)), p) for p in ckpt_dir.iterdir() if (m := EPOCH_CHECKPOINT_PATTERN.search(p.name))]
-    return [p for _, p in sorted(found, reverse=True)]
-
-
-def latest_epoch_checkpoint(ckpt_dir: str | Path) -> Path | None:
-    """The per-epoch checkpoint with the highest epoch number in ``ckpt_dir``, or None."""
-    found = epoch_checkpoints(ckpt_dir)
-    return found[0] if found else None
-
-
-EPOCH_CHECKPOINT_EXPECTED = "a per-epoch training checkpoint of this bundle (checkpoint_epoch=N.pt)"
-
-
-def training_checkpoint_problem(checkpoint: Any, load_dict: Mapping[str, Any]) -> str | None:
-    """Why a loaded per-epoch checkpoint cannot restore ``load_dict``, in words; None when it can."""
-    if not isinstance(checkpoint, Mapping):
-        return f"it holds a {type(checkpoint).__name__}, not a dict of training state"
-    missing = [key for key in load_dict if key not in checkpoint]
-    if missing:
-        return (
-            f"it lacks {', '.join(missing)} (written by another version of the bundle, or not a per-epoch checkpoint)"
-        )
-    network = load_dict.get("model")
-    if isinstance(network, torch.nn.Module):
-        if not isinstance(checkpoint["model"], Mapping):
-            return "its 'model' entry is not a state dict"
-        return state_dict_problem(checkpoint["model"], network)
-    return None
-
-
-class ResumeFromLatestCheckpoint:
-    """Resume an interrupted run from the newest intact ``checkpoint_epoch=N.pt`` in ``ckpt_dir`` (if ``enabled``).
-
-    The candidates are read (``torch.load(weights_only=True)``) and checked when the handler is attached, before the
-    trainer runs. A newest file that cannot be read, typically one cut short when the machine stopped while saving,
-    is skipped with a warning and the previous one is used (the per-epoch saver keeps two, so at most one epoch is
-    trained again). No intact file at all stops with one line naming the files and the fix. The state (network,
-    optimizer, scheduler, trainer, early stopping, best-model tracking) is restored at ``Events.STARTED``, as MONAI's
-    CheckpointLoader does, since ``Engine.run`` would otherwise reset the trainer's epoch. Must be the first trainer
-    handler so the state is restored before anything else reads it.
-
-    Args:
-        ckpt_dir: folder of the per-epoch checkpoints.
-        load_dict: objects to restore, the same dict the per-epoch CheckpointSaver saves.
-        enabled: False starts from scratch even if checkpoints exist.
-        map_location: device for loading.
-    """
-
-    def __init__(
-        self, ckpt_dir: str | Path, load_dict: dict[str, Any], enabled: bool = True, map_location: Any = None
-    ) -> None:
-        self.ckpt_dir = Path(ckpt_dir)
-        self.load_dict = load_dict
-        self.enabled = enabled
-        self.map_location = map_location
-        self.loaded_from: Path | None = None
-        self.skipped: list[Path] = []
-        self._checkpoint: Mapping[str, Any] | None = None
-
-    def attach(self, engine: Engine) -> None:
-        if not self.enabled:
-            return
-        candidates = epoch_checkpoints(self.ckpt_dir)
-        if not candidates:
-            return
-        broken: list[tuple[Path, str]] = []
-        for path in candidates:
-            try:
-                checkpoint = read_checkpoint(path, EPOCH_CHECKPOINT_EXPECTED, self.map_location)
-            except BundleInputError as err:
-                broken.append((path, err.message))
-                continue
-            problem = training_checkpoint_problem(checkpoint, self.load_dict)
-            if problem is None:
-                break
-            broken.append((path, f"{path} does not fit this run: {problem}"))
-            checkpoint = None  # free it before reading the next candidate
-        else:
-            details = " ".join(reason for _, reason in broken)
-            raise BundleInputError(
-                f"cannot resume training: no intact per-epoch checkpoint in {self.ckpt_dir}. {details} Move these "
-                f"files away, or start afresh with --resume False."
-            )
-        self.skipped = [p for p, _ in broken]
-        for skipped, reason in broken:
-            logger.warning(f"Skipping {skipped.name} for resuming: {reason}")
-        if broken:
-            logger.warning(
-                f"Resuming from {path.name}, older than {broken[0][0].name}: the epochs after it are trained again."
-            )
-        epoch = int(EPOCH_CHECKPOINT_PATTERN.search(path.name).group(1))
-        max_epochs = engine.state.max_epochs
-        if max_epochs is not None and epoch > max_epochs:
-            raise BundleInputError(
-                f"{path} is at epoch {epoch}, beyond max_epochs {max_epochs}: pass --train#trainer#max_epochs "
-                f"{epoch + 1} or more to continue it, or --resume False to start afresh."
-            )
-        logger.info(f"Resuming training from {path}.")
-        self._checkpoint = checkpoint
-        self.loaded_from = path
-        engine.add_event_handler(Events.STARTED, self._restore)
-
-    def _restore(self, engine: Engine) -> None:
-        if self._checkpoint is None:  # restored once: a second run of the trainer continues from its own state
-            return
-        prior_max_epochs = engine.state.max_epochs  # the checkpoint's own max_epochs must not win
-        Checkpoint.load_objects(to_load=self.load_dict, checkpoint=self._checkpoint, strict=True)
-        engine.state.max_epochs = prior_max_epochs
-        self._checkpoint = None
-        logger.info(f"Restored all variables from {self.loaded_from}")
 
 
 class EpochLogWriter:

@@ -104,7 +104,9 @@ def _plain(value: Any) -> Any:
 class WandbHandler:
     """Log a MONAI training run to Weights & Biases: loss, learning rates, metrics, config and best checkpoints.
 
-    Attach it to the trainer (MONAI calls ``attach(trainer)`` for every item of ``train#handlers``). It records:
+    Attach it to the trainer (MONAI calls ``attach(trainer)`` for every item of ``train#handlers``; the item is
+    ``_disabled_`` unless ``is_main_process``, which ``configs/multi_gpu_train.json`` makes true on rank 0 only, so
+    a multi-GPU job makes one W&B run). It records:
 
     * at every training iteration, ``train/loss`` (the engine output's ``"loss"``; NaN is logged as NaN);
     * at every training epoch, ``lr/<group>`` for each optimizer param group (its ``"name"``, else its index) as it

@@ -1,207 +1,26 @@
-"""Batch preprocessing: DICOM conversion, the per-volume chain of ``bundle/configs/preprocess.json``, QC pictures and
-the manifest, for every scan of a discovery, in parallel worker processes.
-
-Resumable: a scan whose preprocessed image and mask already exist is not redone, and every file is written under a
-temporary name and renamed. One scan's failure never stops the batch; the manifest and the summary give its reason.
+"""Running a batch: every scan in worker processes, resumable from the manifest, saved after every finished scan,
+and stopped cleanly by Ctrl-C or SIGTERM.
 """
 
 from __future__ import annotations
 
-import csv
-import json
 import os
-import tempfile
 import time
-import traceback
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import nibabel as nib
-import numpy as np
-
-MANIFEST_COLUMNS = [
-    "image_id", "subject", "group", "label", "visit", "sex", "age", "acq_date", "source", "input", "output", "mask",
-    "qc", "qc_status", "qc_reasons", "status", "error", "stripper", "input_shape", "input_voxel_size", "subject_raw",
-    "duplicate_of",
-]  # fmt: skip
-#: Row statuses: processed and QC not failed; processed but refused by QC (left out of splits); not processed.
-STATUS_OK, STATUS_QC_FAILED, STATUS_FAILED = "ok", "qc_failed", "failed"
-STEP_PREFIX = "seconds_"
-MANIFEST_NAME = "manifest.csv"
-
-_CHAIN = None  # (settings, chain) of one worker process, built on first use and again when the settings change
-
-
-@dataclass(frozen=True)
-class BatchPaths:
-    """Where a batch writes: ``<out>/nifti`` (converted DICOM), ``images``, ``masks``, ``qc`` and the manifest."""
-
-    out: Path
-
-    @property
-    def nifti(self) -> Path:
-        return self.out / "nifti"
-
-    @property
-    def images(self) -> Path:
-        return self.out / "images"
-
-    @property
-    def masks(self) -> Path:
-        return self.out / "masks"
-
-    @property
-    def qc(self) -> Path:
-        return self.out / "qc"
-
-    @property
-    def manifest(self) -> Path:
-        return self.out / MANIFEST_NAME
-
-    def outputs(self, subject: str, image_id: str) -> tuple[Path, Path, Path]:
-        from preprocessing.convert import output_name
-
-        name = output_name(subject, image_id)
-        return self.images / name, self.masks / name, self.qc / name.replace(".nii.gz", ".png")
-
-
-def _chain(overrides: Mapping[str, Any]):
-    global _CHAIN
-    key = json.dumps(dict(overrides), sort_keys=True, default=str)
-    if _CHAIN is None or _CHAIN[0] != key:  # another plan in the same process (a notebook, a scan report) rebuilds
-        from scripts.preprocess import load_chain
-
-        _CHAIN = (key, load_chain(**overrides))
-    return _CHAIN[1]
-
-
-def _save_nifti(tensor, path: Path) -> None:
-    """Write a channel-first MetaTensor as NIfTI with its affine, atomically."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    array = np.asarray(tensor[0].detach().cpu().numpy(), dtype=np.float32)
-    image = nib.Nifti1Image(array, np.asarray(tensor.affine, dtype=np.float64))
-    image.set_qform(image.affine, code=1)
-    image.set_sform(image.affine, code=1)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".nii.gz", dir=path.parent)
-    os.close(fd)
-    try:
-        nib.save(image, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-
-
-def process_scan(
-    record: Mapping[str, Any],
-    out: str,
-    chain_overrides: Mapping[str, Any],
-    make_qc: bool = True,
-    qc_thresholds: Mapping[str, Any] | None = None,
-) -> dict:
-    """Convert (if DICOM), check, preprocess, check again, save and picture one scan; never raises.
-
-    Returns its manifest row: ``status`` is ``ok``, ``qc_failed`` (processed, but quality control refused it; the
-    volume is kept for the QC page and left out of splits) or ``failed``; ``qc_status`` is pass/warn/fail with
-    ``qc_reasons``.
-    """
-    from scripts import quality
-    from scripts.preprocess import run_chain_timed
-
-    paths = BatchPaths(Path(out))
-    row = {k: record.get(k) for k in MANIFEST_COLUMNS if k in record}
-    row.update(status=STATUS_FAILED, error=None)
-    started = time.perf_counter()
-    image_path, mask_path, qc_path = paths.outputs(str(record["subject"]), str(record["image_id"]))
-    verdict = None
-    try:
-        headers = None
-        if record.get("dicom_dir"):
-            from preprocessing.convert import convert_series
-
-            conversion = convert_series(
-                record["dicom_dir"], paths.nifti, str(record["subject"]), str(record["image_id"])
-            )
-            row[f"{STEP_PREFIX}convert"] = round(conversion.seconds, 3)
-            if not conversion.ok:
-                row["error"] = f"DICOM conversion: {conversion.reason}"
-                return row
-            raw = Path(conversion.output_path)
-            headers = quality.dicom_acquisition_headers(record["dicom_dir"])
-        else:
-            raw = Path(record["nifti_path"])
-        row["input"] = str(raw)
-        header = nib.load(str(raw))
-        row["input_shape"] = "x".join(str(n) for n in header.shape)
-        row["input_voxel_size"] = "x".join(f"{z:.3g}" for z in header.header.get_zooms()[:3])
-        verdict = quality.assess_input(raw, headers, qc_thresholds)
-        data, seconds = run_chain_timed(_chain(chain_overrides), {"image": str(raw)})
-        row.update({f"{STEP_PREFIX}{name}": round(value, 3) for name, value in seconds.items()})
-        qc_start = time.perf_counter()
-        verdict = verdict.merged(
-            quality.assess_output(
-                data["image"][0].detach().cpu().numpy(),
-                data["brain_mask"][0].detach().cpu().numpy(),
-                data["image"].affine.detach().cpu().numpy(),
-                qc_thresholds,
-            )
-        )
-        row[f"{STEP_PREFIX}quality"] = round(time.perf_counter() - qc_start, 3)
-        _save_nifti(data["brain_mask"], mask_path)
-        _save_nifti(data["image"], image_path)  # written last: its presence marks the scan as done
-        row.update(output=str(image_path), mask=str(mask_path), stripper=data.get("skull_stripper"))
-        if make_qc:
-            from preprocessing.qc import qc_figure
-
-            qc_start = time.perf_counter()
-            title = f"{record['subject']}  {record['image_id']}  {record.get('group') or ''}  QC {verdict.status}"
-            qc_figure(raw, image_path, mask_path, qc_path, title=title)
-            row["qc"] = str(qc_path)
-            row[f"{STEP_PREFIX}qc"] = round(time.perf_counter() - qc_start, 3)
-        row["status"] = STATUS_QC_FAILED if verdict.status == "fail" else STATUS_OK
-    except Exception as error:  # one scan's failure must not stop the batch; its reason goes to the manifest
-        row["error"] = f"{type(error).__name__}: {error}".strip()
-        if os.environ.get("PREPROCESSING_DEBUG"):
-            row["error"] += "\n" + traceback.format_exc()
-    finally:
-        row[f"{STEP_PREFIX}total"] = round(time.perf_counter() - started, 3)
-        if verdict is not None:
-            row.update(verdict.as_row())
-            if row["status"] == STATUS_QC_FAILED:
-                row["error"] = f"quality control: {row['qc_reasons']}"
-            elif row["status"] == STATUS_FAILED and verdict.status == "fail":
-                # The chain broke on an input QC had already refused: the QC reason is the one to act on.
-                row["error"] = f"quality control: {row['qc_reasons']}; then {row['error']}"
-        elif row["status"] == STATUS_FAILED:
-            row.update(qc_status="fail", qc_reasons="not processed")
-    return row
-
-
-def read_manifest(path: Path) -> list[dict]:
-    if not path.is_file():
-        return []
-    with path.open(newline="") as f:
-        return list(csv.DictReader(f))
-
-
-def write_manifest(rows: Sequence[Mapping[str, Any]], path: Path) -> Path:
-    """Write the manifest atomically: fixed columns first, then every ``seconds_*`` column seen."""
-    steps = sorted(
-        {k for row in rows for k in row if k.startswith(STEP_PREFIX)}, key=lambda k: (k == "seconds_total", k)
-    )
-    columns = MANIFEST_COLUMNS + steps
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    with tmp.open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore", lineterminator="\n")
-        writer.writeheader()
-        for row in rows:
-            writer.writerow({k: ("" if row.get(k) is None else row.get(k)) for k in columns})
-    os.replace(tmp, path)
-    return path
+from preprocessing.pipeline.manifest import (
+    MANIFEST_COLUMNS,
+    STATUS_FAILED,
+    STATUS_OK,
+    STATUS_QC_FAILED,
+    BatchPaths,
+    read_manifest,
+    write_manifest,
+)
+from preprocessing.pipeline.scan import process_scan
 
 
 def run_batch(
@@ -398,23 +217,3 @@ def _remove_partial_files(paths: BatchPaths, records: Sequence[Mapping[str, Any]
         for partial in paths.nifti.glob(".partial-*"):
             if partial.is_dir() and partial.stat().st_mtime >= since:
                 shutil.rmtree(partial, ignore_errors=True)
-
-
-def qc_overview(rows: Sequence[Mapping[str, Any]], out: Path) -> Path:
-    """One HTML page with every scan's QC picture, failures first."""
-    from preprocessing.qc import qc_page
-
-    entries = [
-        {
-            "image_id": row.get("image_id"),
-            "subject": row.get("subject"),
-            "group": row.get("group"),
-            "status": row.get("status"),
-            "qc_status": row.get("qc_status") or None,
-            "qc_reasons": row.get("qc_reasons") or None,
-            "qc_png": row.get("qc") or None,
-            "error": row.get("error") or None,
-        }
-        for row in rows
-    ]
-    return qc_page(entries, BatchPaths(Path(out)).qc / "index.html", title="Preprocessing QC")
