@@ -77,7 +77,7 @@ def point_metrics(
     reads like a measurement), F1 when there are neither AD scans nor AD predictions.
     """
     # Imported here, not at the top: it imports torch (seconds), which nothing else in this module needs. The
-    # package's __init__ has put the bundle folder on sys.path.
+    # package's __init__ has loaded the bundle's ``scripts`` package.
     from scripts.evaluation import classification_metrics
 
     y = np.asarray(label, dtype=int)

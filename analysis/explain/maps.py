@@ -23,7 +23,7 @@ from captum.attr import IntegratedGradients
 from monai.visualize import GradCAM, GradCAMpp, OcclusionSensitivity
 from torch import nn
 
-import analysis  # noqa: F401  (puts bundle/ on sys.path for ``scripts``)
+import analysis  # noqa: F401  (loads the bundle's ``scripts`` package)
 from scripts.checkpoints import STATE_DICT_KEYS, guess_architecture, load_model_weights
 from scripts.network import VideoResNetClassifier
 

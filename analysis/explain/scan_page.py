@@ -25,7 +25,7 @@ import nibabel as nib
 import numpy as np
 from markupsafe import Markup
 
-import analysis  # noqa: F401  (puts bundle/ on sys.path for ``scripts``)
+import analysis  # noqa: F401  (loads the bundle's ``scripts`` package)
 from analysis import bayes
 from analysis.explain import figures
 from analysis.templating import render

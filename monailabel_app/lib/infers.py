@@ -22,7 +22,6 @@ from __future__ import annotations
 import copy
 import logging
 import os
-import sys
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -243,14 +242,10 @@ class BundleClassificationInfer(BasicInferTask):
 
 
 def _use_bundle_scripts(bundle_dir: Path) -> None:
-    """Make the bundle's ``scripts`` package importable (as ``monai.bundle run`` does from the bundle folder), and
-    refuse another bundle's ``scripts`` already imported in this process."""
-    loaded = sys.modules.get("scripts")
-    if loaded is not None:
-        locations = [Path(p).resolve() for p in getattr(loaded, "__path__", [])]
-        if bundle_dir / "scripts" not in locations:
-            raise RuntimeError(
-                f"another 'scripts' package is imported ({locations}), not the bundle's {bundle_dir / 'scripts'}"
-            )
-    if str(bundle_dir) not in sys.path:
-        sys.path.insert(0, str(bundle_dir))
+    """Load the bundle's ``scripts`` package from ``bundle_dir`` with the project's own loader (as ``monai.bundle
+    run`` does from the bundle folder, without editing ``sys.path``); it refuses another bundle's ``scripts`` that is
+    already imported in this process."""
+    os.environ["AD_BUNDLE_ROOT"] = str(bundle_dir)  # read when ``preprocessing`` is first imported, just below
+    from preprocessing import bundle_scripts
+
+    bundle_scripts.load_bundle_scripts()
