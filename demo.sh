@@ -27,7 +27,14 @@ EXPLAIN_METHODS="${DEMO_EXPLAIN_METHODS:-gradcam gradcampp occlusion integrated_
 RANDOMISATION="${DEMO_RANDOMISATION_SCANS:-2}" # test scans in the cascading-randomisation check
 OCCLUSION_SCANS="${DEMO_OCCLUSION_SCANS:-2}"   # test scans that get occlusion maps (64 forward passes each)
 
-say() { printf '\n== %s\n' "$*"; }
+STEP_NAMES=() STEP_SECONDS=() STEP_STARTED=$SECONDS
+# Each step's wall time, printed as a table at the end (a resumed step shows the seconds it took to skip).
+say() {
+    if ((${#STEP_NAMES[@]})); then STEP_SECONDS+=($((SECONDS - STEP_STARTED))); fi
+    STEP_STARTED=$SECONDS
+    STEP_NAMES+=("$(cut -d' ' -f2- <<<"$1" | cut -d':' -f1 | cut -c1-40)")
+    printf '\n== %s\n' "$*"
+}
 START=$SECONDS
 
 say "1/7 Synthetic cohort: $SUBJECTS subjects, up to $MAX_VISITS visits, voxels $VOXEL_SIZE mm, AD hippocampal loss $ATROPHY and ventricular growth $VENTRICLE_RATIO times that (stronger than typical AD, to learn from few subjects) -> $OUT/cohort"
@@ -107,6 +114,11 @@ for key in ("n", "accuracy", "balanced_accuracy", "sensitivity", "specificity", 
         value = m[key]
         print(f"  {key:18s} {value:.3f}" if isinstance(value, float) else f"  {key:18s} {value}")
 EOF
+STEP_SECONDS+=($((SECONDS - STEP_STARTED)))
+printf '\nTime per step:\n'
+for i in "${!STEP_NAMES[@]}"; do
+    printf '  %d/7 %-42s %3d min %02d s\n' $((i + 1)) "${STEP_NAMES[$i]}" $((STEP_SECONDS[i] / 60)) $((STEP_SECONDS[i] % 60))
+done
 cat <<EOF
 
 Demo finished in $(( (SECONDS - START) / 60 )) min $(( (SECONDS - START) % 60 )) s. Everything is under $OUT:

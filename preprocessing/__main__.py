@@ -7,8 +7,12 @@ import json
 import sys
 import warnings
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from preprocessing import adni
+
+if TYPE_CHECKING:
+    from preprocessing.pipeline.executors import ScanExecutor
 
 
 def _add_input_arguments(parser: argparse.ArgumentParser) -> None:
@@ -97,12 +101,32 @@ def _qc_overrides(pairs: list[str] | None) -> dict:
     return overrides
 
 
+def _executor(args: argparse.Namespace) -> ScanExecutor:
+    """The executor for ``--scheduler``, connected (a Dask cluster) or submitted (SLURM jobs) before the long work."""
+    from preprocessing.pipeline.executors import SchedulerError, SlurmOptions, make_executor
+
+    slurm = SlurmOptions(jobs=args.jobs, cores=args.cores, memory=args.memory, walltime=args.walltime, queue=args.queue)
+    try:
+        if min(args.jobs, args.cores) < 1 or (args.workers is not None and args.workers < 1):
+            raise SchedulerError("--jobs, --cores and --workers count things. Fix: give each as 1 or more")
+        return make_executor(args.scheduler, args.workers, slurm)
+    except SchedulerError as error:
+        sys.exit(f"error: {error}")
+
+
 def cmd_run(args: argparse.Namespace) -> int:
+    with _executor(args) as executor:
+        return _run(args, executor)
+
+
+def _run(args: argparse.Namespace, executor: ScanExecutor) -> int:
     from tqdm import tqdm
 
     from preprocessing.pipeline import STATUS_QC_FAILED, qc_overview, run_batch
     from scripts.plan import build_plan, write_plan
 
+    if args.scheduler != "local":
+        print(f"Scheduler: {executor.description}")
     discovery = _discover(args)
     args.out.mkdir(parents=True, exist_ok=True)
     report = adni.write_discovery_report(discovery, args.out / "discovery.txt")
@@ -118,8 +142,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     plan_path = write_plan(plan, args.out)  # refuses a folder that holds volumes made with other settings
     records = [scan.as_record() for scan in discovery.scans]
     rows = run_batch(
-        records, args.out, args.workers, overrides, make_qc=not args.no_qc, progress=tqdm, qc_thresholds=plan["qc"]
-    )
+        records, args.out, args.workers, overrides, make_qc=not args.no_qc, progress=tqdm, qc_thresholds=plan["qc"],
+        executor=executor,
+    )  # fmt: skip
     failed = [row for row in rows if row.get("status") not in ("ok", STATUS_QC_FAILED)]
     refused = [row for row in rows if row.get("status") == STATUS_QC_FAILED]
     warned = [row for row in rows if row.get("status") == "ok" and row.get("qc_status") == "warn"]
@@ -189,6 +214,9 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
     argv = ["--repeats", str(args.repeats)] + (["--no-forward"] if args.no_forward else [])
     if args.synthstrip_weights:
         argv += ["--synthstrip-weights", str(args.synthstrip_weights)]
+    for option in ("grid", "scans", "workers", "skull_stripper", "spacing", "spatial_size"):
+        if getattr(args, option) is not None:
+            argv += [f"--{option.replace('_', '-')}", str(getattr(args, option))]
     benchmark.main(argv)
     return 0
 
@@ -239,6 +267,20 @@ def _chain_defaults() -> dict:
     return default_settings()
 
 
+def _add_scheduler_arguments(parser: argparse.ArgumentParser) -> None:
+    cluster = parser.add_argument_group("where the scans run (README: 'Preprocessing on a cluster')")
+    cluster.add_argument(
+        "--scheduler", default="local",
+        help="local (a process pool on this machine, default), dask://HOST:PORT (workers of a running 'dask "
+        "scheduler') or slurm (Dask workers as SLURM jobs, submitted from this login node)",
+    )  # fmt: skip
+    cluster.add_argument("--jobs", type=int, default=1, help="slurm: number of jobs (default 1)")
+    cluster.add_argument("--cores", type=int, default=4, help="slurm: cores per job, one scan each (default 4)")
+    cluster.add_argument("--memory", default="16GB", help="slurm: memory per job (default 16GB)")
+    cluster.add_argument("--walltime", default="04:00:00", help="slurm: time limit per job (default 04:00:00)")
+    cluster.add_argument("--queue", default=None, help="slurm: partition (default: the cluster's default)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m preprocessing", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -251,7 +293,12 @@ def build_parser() -> argparse.ArgumentParser:
     run = commands.add_parser("run", help="convert, preprocess and QC every usable scan (resumable, in parallel)")
     _add_input_arguments(run)
     run.add_argument("--out", type=Path, required=True, help="output folder (images/, masks/, qc/, manifest.csv)")
-    run.add_argument("--workers", type=int, default=None, help="worker processes (default: one per CPU core)")
+    run.add_argument(
+        "--workers", type=int, default=None,
+        help="worker processes (default: one per CPU core); with a Dask scheduler, the most scans in flight "
+        "(default: the cluster's worker threads)",
+    )  # fmt: skip
+    _add_scheduler_arguments(run)
     defaults = _chain_defaults()
     run.add_argument(
         "--skull-stripper", choices=["synthstrip", "deepbet", "none"], default=defaults["skull_stripper"],
@@ -284,10 +331,21 @@ def build_parser() -> argparse.ArgumentParser:
     split.add_argument("--seed", type=int, default=0)
     split.set_defaults(func=cmd_split)
 
-    bench = commands.add_parser("benchmark", help="seconds per step of the per-volume chain on a 1 mm phantom head")
+    bench = commands.add_parser(
+        "benchmark", help="seconds per step of the chain: a batch of synthetic heads (--grid) or a 1 mm phantom head"
+    )
     bench.add_argument("--repeats", type=int, default=1)
     bench.add_argument("--synthstrip-weights", type=Path)
     bench.add_argument("--no-forward", action="store_true", help="do not time a SynthStrip forward pass")
+    bench.add_argument(
+        "--grid", help="voxel size in mm, e.g. 1.0 or 0.4x0.4x1.5 (rows x columns x slices): time a batch of "
+        "synthetic heads on that grid through the real batch (deepbet, default workers), per step and scans/minute",
+    )  # fmt: skip
+    bench.add_argument("--scans", type=int, help="heads in the --grid batch (default 6: mostly warm workers)")
+    bench.add_argument("--workers", type=int, help="--grid batch workers (default: one per CPU core)")
+    bench.add_argument("--skull-stripper", choices=["synthstrip", "deepbet", "none"], help="default deepbet")
+    bench.add_argument("--spacing", type=float, help="--grid resampling in mm (default: preprocess.json's)")
+    bench.add_argument("--spatial-size", type=int, help="--grid output cube edge (default: preprocess.json's)")
     bench.set_defaults(func=cmd_benchmark)
 
     synth = commands.add_parser(

@@ -31,8 +31,18 @@ class _DeepBetStripper:
             self.extractor = BrainExtraction(no_gpu=torch.device(device).type == "cpu")
 
     def __call__(self, volume: np.ndarray, affine: np.ndarray) -> np.ndarray:
-        image = self._nib.Nifti1Image(np.asarray(volume, dtype=np.float32), np.asarray(affine, dtype=np.float64))
+        """The brain mask on the input's grid: what ``BrainExtraction.run`` returns, without the rest of its work.
+
+        ``run`` also copies the volume twice, masks it and builds two NIfTI images of it, none of which the mask
+        needs (0.5 s on a 0.4x0.4x1.5 mm head); its steps are taken here one by one, in its order.
+        """
+        volume = np.asarray(volume, dtype=np.float32)
+        to_ras = self._nib.io_orientation(np.asarray(affine, dtype=np.float64))
+        # as_closest_canonical's array; a flipped view is copied once (torch takes no negative strides), a volume that
+        # is already RAS, as in the chain, not at all: run_model does not write into its input.
+        ras = np.ascontiguousarray(self._nib.orientations.apply_orientation(volume, to_ras))
         with torch.inference_mode():
-            # run() reorients to RAS internally and returns the mask in the input's voxel order and affine.
-            _, mask_image, _ = self.extractor.run(image)
-        return np.asarray(mask_image.dataobj).astype(bool)
+            mask = self.extractor.run_model(ras) > 0.5  # run()'s default threshold
+            mask = self.extractor.postprocess(mask, 0)
+        back = self._nib.orientations.ornt_transform([[0, 1], [1, 1], [2, 1]], to_ras)
+        return np.asarray(self._nib.orientations.apply_orientation(mask, back)).astype(bool)

@@ -93,9 +93,14 @@ class NonFiniteLossGuard:
         if not distributed.any_process(not finite_here):
             self.consecutive = 0
             return
+        scaler = getattr(engine, "scaler", None)  # MONAI's trainer makes a GradScaler whenever amp=True
         for group in engine.optimizer.param_groups:
             for param in group["params"]:
-                param.grad = None
+                if scaler is not None and param.grad is not None:
+                    # GradScaler.step() asserts that it saw gradients; NaN ones make it skip the update itself.
+                    param.grad.fill_(math.nan)
+                elif scaler is None:
+                    param.grad = None
         self.consecutive += 1
         ids = self._batch_ids(engine)
         self.skipped.append(ids)

@@ -4,8 +4,9 @@ the manifest, for every scan of a discovery, in parallel worker processes.
 Resumable: a scan whose preprocessed image and mask already exist is not redone, and every file is written under a
 temporary name and renamed. One scan's failure never stops the batch; the manifest and the summary give its reason.
 
-Modules: :mod:`.manifest` (output folders and the manifest), :mod:`.scan` (one scan) and :mod:`.batch` (the batch in
-worker processes, with resume and interrupts).
+Modules: :mod:`.manifest` (output folders and the manifest), :mod:`.scan` (one scan), :mod:`.batch` (the batch in
+worker processes, with resume and interrupts) and :mod:`.executors` (where the workers run: a local pool, a Dask
+cluster, SLURM jobs).
 """
 
 from preprocessing.pipeline.batch import run_batch

@@ -1,16 +1,16 @@
-"""Running a batch: every scan in worker processes, resumable from the manifest, saved after every finished scan,
-and stopped cleanly by Ctrl-C or SIGTERM.
+"""Running a batch: every scan in worker processes (a local pool or a Dask cluster, see :mod:`.executors`),
+resumable from the manifest, saved after every finished scan, and stopped cleanly by Ctrl-C or SIGTERM.
 """
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures import CancelledError, Future, as_completed
 from pathlib import Path
 from typing import Any
 
+from preprocessing.pipeline.executors import LocalExecutor, ScanExecutor
 from preprocessing.pipeline.manifest import (
     MANIFEST_COLUMNS,
     STATUS_FAILED,
@@ -31,26 +31,35 @@ def run_batch(
     make_qc: bool = True,
     progress: Callable[..., Iterable] | None = None,
     qc_thresholds: Mapping[str, Any] | None = None,
+    executor: ScanExecutor | None = None,
+    task: Callable[..., dict] = process_scan,
 ) -> list[dict]:
     """Process every record (dicts with image_id, subject, group, label, ... and dicom_dir or nifti_path).
 
     Scans whose image and mask exist are kept from the previous manifest (resume). Returns the manifest rows, also
-    written to ``<out>/manifest.csv`` after every finished scan so an interrupted batch loses nothing.
+    written to ``<out>/manifest.csv`` after every finished scan so an interrupted batch loses nothing (in batches of
+    thousands, within seconds of it; every row is saved before an interrupt or the end returns).
 
-    At most ``workers`` scans are handed to the worker processes at a time. Ctrl-C (SIGINT) or SIGTERM starts no
-    further scan and lets the running ones finish; a second one abandons them (their workers are stopped and their
-    temporary files removed). Either way the manifest is saved with every finished scan, the number left undone is
-    printed, and KeyboardInterrupt is raised; running the same command again resumes.
+    Scans run on ``executor`` (default: a local pool of ``workers`` processes; see :mod:`.executors` for Dask and
+    SLURM), never more than its ``slots()`` at a time; only this process writes the manifest. A scan whose worker
+    dies gets a ``failed`` row saying so and the batch goes on. Ctrl-C (SIGINT) or SIGTERM starts no further scan
+    and lets the running ones finish; a second one abandons them (their workers are stopped and their temporary
+    files removed). Either way the manifest is saved with every finished scan, the number left undone is printed,
+    and KeyboardInterrupt is raised; running the same command again resumes. ``task`` is ``process_scan`` with its
+    arguments; tests replace it to kill a worker.
     """
     import signal
     import sys
     import threading
-    from concurrent.futures import FIRST_COMPLETED, Future, wait
-    from concurrent.futures.process import BrokenProcessPool
+    from concurrent.futures import FIRST_COMPLETED, wait
 
+    executor = executor or LocalExecutor(workers)
     paths = BatchPaths(Path(out))
     chain_overrides = dict(chain_overrides or {})
     records = list(records)
+    if not executor.same_directory:  # workers elsewhere start in another folder: relative paths would miss
+        paths = BatchPaths(paths.out.resolve())
+        records = [_absolute_inputs(record) for record in records]
     previous = {row["image_id"]: row for row in read_manifest(paths.manifest)}
     rows: dict[str, dict] = {}
     todo = []
@@ -67,11 +76,22 @@ def run_batch(
         else:
             todo.append(record)
     order = [str(r["image_id"]) for r in records]
-    workers = max(1, min(workers or os.cpu_count() or 1, max(1, len(todo))))
     progress = progress or (lambda iterable, **_: iterable)
 
+    # Each save rewrites the whole manifest (0.2 s for 10,000 rows): a big batch on many workers saves at most once
+    # per 10 save-durations, so the client spends at most a tenth of its time there; a small one saves every scan.
+    saving = {"at": 0.0, "seconds": 0.0, "dirty": False}
+
     def save() -> None:
+        start = time.monotonic()
         write_manifest([rows[i] for i in order if i in rows], paths.manifest)
+        saving.update(at=time.monotonic(), seconds=time.monotonic() - start, dirty=False)
+
+    def save_due_in() -> float | None:
+        """Seconds until unsaved rows must be saved (0: now), None when all are saved."""
+        if not saving["dirty"]:
+            return None
+        return max(0.0, saving["at"] + 10 * saving["seconds"] - time.monotonic())
 
     def say(message: str) -> None:
         print(message, file=sys.stderr, flush=True)
@@ -80,8 +100,8 @@ def run_batch(
         save()
         return [rows[i] for i in order if i in rows]
 
-    # Submitted lazily, never more than `workers` at a time: a scan handed to the pool cannot be taken back once a
-    # worker has it, so an interrupt must find only the running scans there, not the whole batch queued.
+    # Submitted lazily, never more than the executor's slots at a time: a scan handed to a worker cannot be taken
+    # back, so an interrupt must find only the running scans there, not the whole batch queued.
     waiting = list(reversed(todo))  # pop() takes the next in order
     in_flight: dict[Future, Mapping[str, Any]] = {}
     done_now: list[str] = []
@@ -92,43 +112,44 @@ def run_batch(
     def record_row(future: Future, record: Mapping[str, Any]) -> None:
         if future in recorded:
             return
-        try:
-            row = future.result()
-        except BrokenProcessPool:
-            # A worker died (killed by the OOM killer, a crash in native code): every scan it held is lost with it.
+        lost = lost_worker(future)
+        if lost is None:
+            row = future.result()  # process_scan never raises: an exception here is a bug and propagates
+        else:  # every scan a dead worker held is lost with it
             row = {k: record.get(k) for k in MANIFEST_COLUMNS if k in record}
-            row.update(
-                status=STATUS_FAILED, qc_status="fail", qc_reasons="not processed",
-                error="the worker process died while this scan ran (out of memory?); rerun to retry",
-            )  # fmt: skip
+            row.update(status=STATUS_FAILED, qc_status="fail", qc_reasons="not processed", error=lost)
         rows[str(row["image_id"])] = row
         done_now.append(str(row["image_id"]))
         recorded.add(future)
-        save()
+        saving["dirty"] = True
+        if save_due_in() == 0:
+            save()
 
-    def new_pool() -> ProcessPoolExecutor:
-        return ProcessPoolExecutor(max_workers=workers, initializer=_leave_interrupts_to_the_parent)
-
-    pool = new_pool()
+    def lost_worker(future: Future) -> str | None:
+        try:
+            error = future.exception()
+        except CancelledError as cancelled:  # cancelled by the cluster, not by this loop (it cancels only on exit)
+            error = cancelled
+        return None if error is None else executor.lost_worker(error)
 
     def finished_rows() -> Iterable[dict]:
-        nonlocal pool
         while waiting or in_flight:
-            while waiting and len(in_flight) < workers:
+            while waiting and len(in_flight) < executor.slots():
                 record = waiting[-1]
-                future = pool.submit(process_scan, record, str(paths.out), chain_overrides, make_qc, qc_thresholds)
+                future = executor.submit(task, record, str(paths.out), chain_overrides, make_qc, qc_thresholds)
                 in_flight[future] = record
                 waiting.pop()
-            done, _ = wait(list(in_flight), return_when=FIRST_COMPLETED)
+            done, _ = wait(list(in_flight), timeout=save_due_in(), return_when=FIRST_COMPLETED)
+            if save_due_in() == 0:
+                save()
             broken = False
             for future in done:
-                broken = broken or isinstance(future.exception(), BrokenProcessPool)
+                broken = broken or lost_worker(future) is not None
                 record_row(future, in_flight[future])
                 del in_flight[future]
                 yield rows[done_now[-1]]
-            if broken:  # the pool is unusable after a worker died; the rest of the batch gets a fresh one
-                pool.shutdown(wait=False, cancel_futures=True)
-                pool = new_pool()
+            if broken:
+                executor.recover()
 
     def interrupt(signum: int, frame: Any) -> None:
         raise KeyboardInterrupt(f"signal {signal.Signals(signum).name}")
@@ -137,12 +158,9 @@ def run_batch(
     previous_sigterm = None
     if threading.current_thread() is threading.main_thread():
         previous_sigterm = signal.signal(signal.SIGTERM, interrupt)
-    # Each worker gets an equal share of the cores for torch/ITK, so workers do not oversubscribe the machine.
-    threads = str(max(1, (os.cpu_count() or 1) // workers))
-    env_backup = {k: os.environ.get(k) for k in ("OMP_NUM_THREADS", "ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS")}
-    os.environ.update(OMP_NUM_THREADS=threads, ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS=threads)
     abandoned: list[Mapping[str, Any]] = []
     try:
+        executor.start(len(todo))
         try:
             for _ in progress(finished_rows(), total=len(todo), desc="preprocessing", unit="scan"):
                 pass
@@ -154,14 +172,14 @@ def run_batch(
             try:
                 for future in as_completed(list(in_flight)):
                     record = in_flight.pop(future)
-                    if isinstance(future.exception(), BrokenProcessPool):
+                    if lost_worker(future) is not None:
                         abandoned.append(record)  # its worker was killed too (e.g. SIGTERM to the process group)
                     else:
                         record_row(future, record)
             except KeyboardInterrupt:
                 abandoned.extend(in_flight.values())
                 in_flight.clear()
-                _stop_workers(pool)
+                executor.abandon()
             _remove_partial_files(paths, abandoned, since=started)
             save()
             undone = len(todo) - len(done_now)
@@ -171,36 +189,21 @@ def run_batch(
             )
             raise
     finally:
-        pool.shutdown(wait=not abandoned, cancel_futures=True)
+        executor.stop(wait=not abandoned)
         if previous_sigterm is not None:
             signal.signal(signal.SIGTERM, previous_sigterm)
-        for key, value in env_backup.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
     save()
     return [rows[i] for i in order if i in rows]
 
 
-def _leave_interrupts_to_the_parent() -> None:
-    """Worker initializer: Ctrl-C reaches the whole process group, but only the parent decides what stops (it lets
-    running scans finish); SIGTERM keeps its default (the parent stops abandoned workers with it), also where the
-    worker was forked with the parent's handler. The helpers below serve run_batch's interrupt path."""
-    import signal
-
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
-
-
-def _stop_workers(pool: ProcessPoolExecutor) -> None:
-    """Terminate a pool's worker processes and wait briefly for them, so nothing writes after the cleanup."""
-    processes = list((getattr(pool, "_processes", None) or {}).values())  # no public API before Python 3.14
-    for process in processes:
-        if process.is_alive():
-            process.terminate()
-    for process in processes:
-        process.join(timeout=10)
+def _absolute_inputs(record: Mapping[str, Any]) -> dict:
+    """The record with its input paths absolute, for workers that run in another folder (or on another machine,
+    which must see the same paths)."""
+    record = dict(record)
+    for key in ("nifti_path", "dicom_dir"):
+        if record.get(key):
+            record[key] = str(Path(record[key]).resolve())
+    return record
 
 
 def _remove_partial_files(paths: BatchPaths, records: Sequence[Mapping[str, Any]], since: float) -> None:

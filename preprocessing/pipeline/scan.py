@@ -38,6 +38,24 @@ def _chain(overrides: Mapping[str, Any]):
     return _CHAIN[1]
 
 
+def _limit_threads() -> None:
+    """Hold torch to the worker's share of the cores (``OMP_NUM_THREADS``, set by the batch for each worker).
+
+    OpenMP reads that variable once, when torch is first imported: a worker forked from a process that had already
+    imported torch (a notebook, the benchmark, a test) inherits a pool as large as the machine, and two such workers
+    on two cores each run two threads -- measured 2 with ``torch.get_num_threads()`` in a worker. ITK (ANTs) reads its
+    variable when first used, which the batch's parent does not do.
+    """
+    try:
+        threads = int(os.environ.get("OMP_NUM_THREADS", ""))
+    except ValueError:
+        return
+    import torch
+
+    if threads > 0 and torch.get_num_threads() != threads:
+        torch.set_num_threads(threads)
+
+
 def _save_nifti(tensor, path: Path) -> None:
     """Write a channel-first MetaTensor as NIfTI with its affine, atomically."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -68,6 +86,7 @@ def process_scan(
     volume is kept for the QC page and left out of splits) or ``failed``; ``qc_status`` is pass/warn/fail with
     ``qc_reasons``.
     """
+    _limit_threads()
     from scripts import quality
     from scripts.preprocess import run_chain_timed
 
