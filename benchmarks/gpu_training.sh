@@ -7,6 +7,8 @@
 #
 #   OUT=/tmp/bench benchmarks/gpu_training.sh          # on a CUDA machine: about 5-8 minutes on an H100/H200
 #   BENCH_TINY=1 OUT=/tmp/bench benchmarks/gpu_training.sh   # 16^3, one timed step, on the CPU: checks the script
+# BENCH_SIZE, BENCH_BATCHES ("2 8 32"), BENCH_TRAINABLE ("layer4+fc all") and BENCH_VARIANTS (1: also the
+# channels_last and cuDNN-autotuning runs; 0: not) narrow the sweep.
 #
 # Target for the record (issue 13): >= 150 volumes/s for training at 128^3 on one H200.
 set -uo pipefail
@@ -46,20 +48,22 @@ run_one() {  # name, then extra CLI arguments
 }
 
 START=$SECONDS
-for trainable in layer4+fc all; do
+for trainable in ${BENCH_TRAINABLE:-layer4+fc all}; do
     for batch in $BATCHES; do
         run_one "r3d18_${trainable/+/_}_b${batch}_fp32" --trainable "$trainable" --bench_batch_size "$batch"
         run_one "r3d18_${trainable/+/_}_b${batch}_bf16" --trainable "$trainable" --bench_batch_size "$batch" \
             --bench_bf16 True
     done
 done
-# Two variants of the largest batch, trainable all: NDHWC memory format, and cuDNN autotuning (training itself
-# runs deterministic cuDNN: MONAI's set_determinism turns autotuning off).
-LARGEST="${BATCHES##* }"
-run_one "r3d18_all_b${LARGEST}_bf16_channels_last" --trainable all --bench_batch_size "$LARGEST" --bench_bf16 True \
-    --bench_channels_last True
-run_one "r3d18_all_b${LARGEST}_bf16_cudnn_benchmark" --trainable all --bench_batch_size "$LARGEST" --bench_bf16 True \
-    --bench_cudnn_benchmark True
+if [[ "${BENCH_VARIANTS:-1}" == 1 ]]; then
+    # Two variants of the largest batch, trainable all: NDHWC memory format, and cuDNN autotuning (training itself
+    # runs deterministic cuDNN: MONAI's set_determinism turns autotuning off).
+    LARGEST="${BATCHES##* }"
+    run_one "r3d18_all_b${LARGEST}_bf16_channels_last" --trainable all --bench_batch_size "$LARGEST" --bench_bf16 True \
+        --bench_channels_last True
+    run_one "r3d18_all_b${LARGEST}_bf16_cudnn_benchmark" --trainable all --bench_batch_size "$LARGEST" --bench_bf16 True \
+        --bench_cudnn_benchmark True
+fi
 
 "$PY" - "$OUT" <<'PYEOF' | tee "$OUT/summary.txt"
 import json, sys

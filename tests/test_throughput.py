@@ -125,3 +125,24 @@ def test_non_finite_loss_guard_skips_the_update_under_a_grad_scaler():
     scaler.update()
     assert all(torch.equal(a, b) for a, b in zip(before, network.parameters(), strict=True))
     assert scaler.get_scale() < 65536.0  # the scaler saw the non-finite gradients
+
+
+@pytest.mark.slow
+def test_gpu_sweep_script_runs_tiny_on_a_cpu_and_summarises_each_configuration(tmp_path):
+    """benchmarks/gpu_training.sh (README "Training speed"), narrowed to two configurations at 16³ on the CPU."""
+    env = {
+        **os.environ, "OUT": str(tmp_path), "PYTHON": sys.executable, "BENCH_TINY": "1", "BENCH_TRAINABLE": "all",
+        "BENCH_VARIANTS": "0",
+    }  # fmt: skip
+    script = BUNDLE_ROOT.parent / "benchmarks" / "gpu_training.sh"
+    result = subprocess.run(["bash", str(script)], env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    written = sorted(p.name for p in tmp_path.glob("r3d18_*.json"))
+    assert written == ["r3d18_all_b2_bf16.json", "r3d18_all_b2_fp32.json"]
+    for name in written:
+        record = json.loads((tmp_path / name).read_text())
+        assert record["size"] == 16 and record["batch_size"] == 2 and record["trainable"] == "all"
+        check_phase(record["train"])
+    assert json.loads((tmp_path / "r3d18_all_b2_bf16.json").read_text())["bf16"] is True
+    summary = (tmp_path / "summary.txt").read_text().splitlines()
+    assert summary[0].split()[0] == "configuration" and len(summary) == 3
