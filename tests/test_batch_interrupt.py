@@ -12,12 +12,9 @@ import sys
 import time
 from pathlib import Path
 
-import nibabel as nib
-import numpy as np
 import pytest
 from conftest import REPO_ROOT
-
-from preprocessing.benchmark import head_phantom
+from tiny_data import write_phantom_scans
 
 pytestmark = pytest.mark.slow
 
@@ -29,12 +26,7 @@ EXIT_S = 120  # from the signal: the one running scan (a few seconds of N4) fini
 
 def write_inputs(root: Path) -> Path:
     """Pre-stripped phantom heads (zero background, integer intensities) big enough for N4 to take a few seconds."""
-    lines = ["path,subject,label"]
-    for i, subject in enumerate(SUBJECTS):
-        image, brain, affine = head_phantom(shape=(52, 64, 52), spacing=2.8, seed=i)
-        volume = np.round(np.where(brain, image, 0)).astype(np.int16)
-        nib.save(nib.Nifti1Image(volume, affine), str(root / f"scan{i}.nii.gz"))
-        lines.append(f"scan{i}.nii.gz,{subject},{'AD' if i % 2 else 'CN'}")
+    lines = write_phantom_scans(root, SUBJECTS, shape=(52, 64, 52), spacing=2.8)
     csv_path = root / "scans.csv"
     csv_path.write_text("\n".join(lines) + "\n")
     return csv_path

@@ -16,10 +16,10 @@ import numpy as np
 import pytest
 from conftest import REPO_ROOT
 from distributed import Client, LocalCluster, get_task_stream
+from tiny_data import write_phantom_scans
 
 import preprocessing.pipeline.batch as batch
 from preprocessing.__main__ import main
-from preprocessing.benchmark import head_phantom
 from preprocessing.pipeline import run_batch
 from preprocessing.pipeline.executors import (
     DaskExecutor,
@@ -51,12 +51,7 @@ def cluster():
 @pytest.fixture(scope="module")
 def inputs(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("inputs")
-    lines = ["path,subject,label"]
-    for i, subject in enumerate(SUBJECTS):
-        image, brain, affine = head_phantom(shape=(36, 44, 36), spacing=4.0, seed=i)
-        volume = np.round(np.where(brain, image, 0)).astype(np.int16)
-        nib.save(nib.Nifti1Image(volume, affine), str(root / f"scan{i}.nii.gz"))
-        lines.append(f"scan{i}.nii.gz,{subject},{'AD' if i % 2 else 'CN'}")
+    lines = write_phantom_scans(root, SUBJECTS, shape=(36, 44, 36), spacing=4.0)
     (root / "broken.nii.gz").write_bytes(b"not a gzip file")  # a corrupt download
     lines.append(f"broken.nii.gz,{BROKEN},CN")
     (root / "scans.csv").write_text("\n".join(lines) + "\n")

@@ -51,3 +51,19 @@ def write_tiny_dataset(
     datalist_path = root / "datalist.json"
     datalist_path.write_text(json.dumps(datalist, indent=2))
     return datalist_path
+
+
+def write_phantom_scans(
+    root: Path, subjects: list[str], shape: tuple[int, int, int], spacing: float
+) -> tuple[list[str], list[str]]:
+    """Pre-stripped phantom heads (zero background, integer intensities) ``scan<i>.nii.gz`` in ``root``, one per
+    subject, alternately CN and AD; returns the ``--nifti-csv`` lines (header first) for the caller to extend."""
+    from preprocessing.benchmark import head_phantom
+
+    lines = ["path,subject,label"]
+    for i, subject in enumerate(subjects):
+        image, brain, affine = head_phantom(shape=shape, spacing=spacing, seed=i)
+        volume = np.round(np.where(brain, image, 0)).astype(np.int16)
+        nib.save(nib.Nifti1Image(volume, affine), str(root / f"scan{i}.nii.gz"))
+        lines.append(f"scan{i}.nii.gz,{subject},{'AD' if i % 2 else 'CN'}")
+    return lines
