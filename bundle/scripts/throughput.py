@@ -328,6 +328,11 @@ def run_benchmark(
     device = torch.device(device)
     if cudnn_benchmark:
         torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = False, True
+    # The model's settings, recorded as given and handed on as they are recorded.
+    model_settings = {
+        "size": int(size), "batch_size": int(batch_size), "warmup": int(warmup), "steps": int(steps),
+        "repeats": int(repeats), "bf16": bool(bf16), "channels_last": bool(channels_last), "compile": bool(compile),
+    }  # fmt: skip
     results: dict[str, Any] = {
         "device": device.type,
         "device_name": _describe_device(device),
@@ -335,21 +340,12 @@ def run_benchmark(
         "cpu_threads": torch.get_num_threads(),
         "arch": arch,
         "trainable": trainable,
-        "size": int(size),
-        "batch_size": int(batch_size),
-        "bf16": bool(bf16),
-        "channels_last": bool(channels_last),
-        "compile": bool(compile),
+        **model_settings,
         "cudnn_benchmark": bool(cudnn_benchmark),
-        "warmup": int(warmup),
-        "steps": int(steps),
-        "repeats": int(repeats),
     }
     results.update(
-        benchmark_model(network, optimizer, loss_function, device, size=size, batch_size=batch_size,
-                        num_classes=num_classes, warmup=warmup, steps=steps, repeats=repeats, bf16=bf16,
-                        channels_last=channels_last, compile=compile)
-    )  # fmt: skip
+        benchmark_model(network, optimizer, loss_function, device, num_classes=num_classes, **model_settings)
+    )
     results["dataloader"] = None
     if loader is not None:
         if channels_last:

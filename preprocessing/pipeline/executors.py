@@ -225,12 +225,9 @@ def run_single_threaded(fn: Callable[..., dict], *args: Any) -> dict:
 
     Pickled by reference: unpickling it in the worker imports ``preprocessing``, which loads the bundle's ``scripts``
     package before the scan needs it. The variables cover libraries the worker has not loaded yet; torch, usually
-    loaded already, is told directly.
+    loaded already, is held to them by ``process_scan`` itself (``scan._limit_threads``), as in a local worker.
     """
     os.environ.update(dict.fromkeys(THREAD_VARIABLES, "1"))
-    torch = sys.modules.get("torch")
-    if torch is not None:
-        torch.set_num_threads(1)
     return fn(*args)
 
 
