@@ -1,5 +1,5 @@
-"""Command line of the analysis: ``python -m analysis <command> -h`` for metrics, compare, bayes, crossval, report,
-explain and scan-report."""
+"""Command line of the analysis: ``python -m analysis <command> -h`` for metrics, compare, bayes, stages, crossval,
+report, explain and scan-report."""
 
 from __future__ import annotations
 
@@ -26,9 +26,50 @@ def _add_bootstrap_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=m.DEFAULT_SEED, help="random seed of bootstrap and posterior")
 
 
+def _add_stage_options(parser: argparse.ArgumentParser) -> None:
+    from analysis import stages
+
+    def cuts(text: str, tertiles: bool = False) -> tuple[float, ...] | str:
+        try:
+            return stages.parse_cuts(text, tertiles)
+        except stages.StageError as error:
+            raise argparse.ArgumentTypeError(str(error)) from None
+
+    parser.add_argument(
+        "--cdr-bins",
+        type=cuts,
+        default=stages.DEFAULT_CDR_CUTS,
+        help="CDR cut points (default 0.5,1,2: bins 0 / 0.5 / 1 / >=2)",
+    )
+    parser.add_argument(
+        "--mmse-bins",
+        type=cuts,
+        default=stages.DEFAULT_MMSE_CUTS,
+        help="MMSE cut points, descending (default 27,21,10: bins 30-27 / 26-21 / 20-10 / <10)",
+    )
+    parser.add_argument(
+        "--atrophy-bins",
+        type=lambda text: cuts(text, True),
+        default=stages.TERTILES,
+        help="synthetic atrophy cut points, or 'tertiles' of the staged test scans (default)",
+    )
+
+
+def _stage_cuts(args: argparse.Namespace) -> dict:
+    return {"cdr": args.cdr_bins, "mmse": args.mmse_bins, "atrophy": args.atrophy_bins}
+
+
 def cmd_metrics(args: argparse.Namespace) -> int:
+    from analysis import multiclass
+
     pred = m.read_predictions(args.predictions)
     result = m.evaluate_predictions(pred, args.threshold, args.resamples, args.seed, args.bins)
+    if len(pred.classes) > 2:
+        class_pred = multiclass.read_class_predictions(args.predictions)
+        result["multiclass"] = multiclass.evaluate_multiclass(class_pred, args.threshold, args.resamples, args.seed)
+        print("\n".join(multiclass.format_multiclass(result["multiclass"], m.format_interval)))
+        result["contrast"] = pred.contrast
+        print(f"{pred.contrast} (AD against all other classes; AD when prob_AD >= {args.threshold}):")
     for level in ("scan", "subject"):
         entry = result[level]
         what = f"{entry['n']} scans of {entry['n_subjects']} subjects" if level == "scan" else f"{entry['n']} subjects"
@@ -84,11 +125,13 @@ def cmd_bayes(args: argparse.Namespace) -> int:
         pred = m.read_predictions(args.predictions)
         pred = m.per_subject(pred) if args.level == "subject" else pred
         cells = m.point_metrics(pred.label, pred.prob, args.threshold)["confusion_matrix"]
+        print(f"Contrast: {pred.contrast} (per {args.level})")
     elif args.counts:
         cells = dict(zip(("tp", "fn", "tn", "fp"), args.counts, strict=True))
     else:
         raise SystemExit("error: give --predictions or --counts TP FN TN FP")
-    prevalences = bayes.prevalences_with(args.prevalence)
+    classes = pred.classes if args.predictions else ()
+    prevalences = bayes.prevalences_with(args.prevalence, classes=classes)
     result = bayes.bayesian_analysis(cells, prevalences, n_draws=args.draws, seed=args.seed)
     print(f"Prior: {result['prior']['text']}; counts {result['confusion_matrix']}")
     for name in ("sensitivity", "specificity", "lr_positive", "lr_negative"):
@@ -103,6 +146,24 @@ def cmd_bayes(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_stages(args: argparse.Namespace) -> int:
+    from analysis import multiclass, stages
+
+    try:
+        clinical = stages.read_clinical([args.datalist])
+        pred = multiclass.read_class_predictions(args.predictions)
+        result = stages.stage_analysis(pred, clinical, _stage_cuts(args), args.threshold, args.resamples, args.seed)
+    except (ValueError, OSError) as error:
+        raise SystemExit(f"error: {error}") from None
+    if not clinical:
+        print(f"{args.datalist} has no 'clinical' table; write the datalist with 'python -m preprocessing split'.")
+    print("\n".join(stages.format_stages(result, m.format_interval)))
+    if args.out:
+        args.out.write_text(json.dumps(result, indent=2) + "\n")
+        print(f"Written to {args.out}")
+    return 0
+
+
 def cmd_crossval(args: argparse.Namespace, extra: list[str]) -> int:
     from analysis import crossval
 
@@ -111,7 +172,15 @@ def cmd_crossval(args: argparse.Namespace, extra: list[str]) -> int:
     except ValueError as error:
         raise SystemExit(f"error: {error}") from None
     try:
-        crossval.run_crossval(args.folds_dir, args.dataset_dir, args.out, overrides, threshold=args.threshold)
+        crossval.run_crossval(
+            args.folds_dir,
+            args.dataset_dir,
+            args.out,
+            overrides,
+            threshold=args.threshold,
+            external_datalist=args.external_datalist,
+            external_dataset_dir=args.external_dataset_dir,
+        )
     except crossval.CrossvalError as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
@@ -136,6 +205,8 @@ def cmd_report(args: argparse.Namespace) -> int:
         n_draws=args.draws,
         bayes_level=args.bayes_level,
         explain_dir=args.explain_dir,
+        external_eval_dir=args.external_eval_dir,
+        stage_cuts=_stage_cuts(args),
     )
     print(f"Report: {path} (figures and report.json beside it)")
     return 0
@@ -176,6 +247,15 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=m.DEFAULT_SEED)
 
     p = commands.add_parser(
+        "stages", allow_abbrev=False, help="accuracy by disease stage (CDR, MMSE, synthetic atrophy) with 95%% CIs"
+    )
+    p.add_argument("--predictions", type=Path, required=True, help="predictions.csv of an evaluation")
+    p.add_argument("--datalist", type=Path, required=True, help="datalist JSON with the 'clinical' table")
+    _add_stage_options(p)
+    _add_bootstrap_options(p)
+    p.add_argument("--out", type=Path, help="also write the results as JSON here")
+
+    p = commands.add_parser(
         "crossval",
         allow_abbrev=False,
         help="train and evaluate every fold through the bundle (resumable), then mean ± SD",
@@ -188,6 +268,8 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, required=True, help="output folder (fold_<k>/, crossval.json, crossval.csv)")
     p.add_argument("--epochs", type=int, help="maximum epochs (--train#trainer#max_epochs)")
     p.add_argument("--threshold", type=float, default=m.DEFAULT_THRESHOLD)
+    p.add_argument("--external-datalist", type=Path, help="also evaluate every fold's model on this external test set")
+    p.add_argument("--external-dataset-dir", type=Path, help="dataset_dir of the external datalist (images' root)")
 
     p = commands.add_parser(
         "report", allow_abbrev=False, help="self-contained HTML report (figures embedded) with report.json"
@@ -204,6 +286,8 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     p.add_argument("--draws", type=int, default=20000, help="posterior draws")
     p.add_argument("--bayes-level", choices=("subject", "scan"), default="subject", help="confusion matrix level")
     p.add_argument("--explain-dir", type=Path, help="--out folder of 'explain': adds its summary to the report")
+    p.add_argument("--external-eval-dir", type=Path, help="evaluation of the same model on another cohort's test set")
+    _add_stage_options(p)
 
     # Imported lazily: explain and scan-report need torch, MONAI and Captum, the other commands do not.
     p = commands.add_parser(
@@ -243,9 +327,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     if getattr(args, "handler", None) is not None:
         return args.handler(args)
-    return {"metrics": cmd_metrics, "compare": cmd_compare, "bayes": cmd_bayes, "report": cmd_report}[args.command](
-        args
-    )
+    handlers = {"metrics": cmd_metrics, "compare": cmd_compare, "bayes": cmd_bayes, "stages": cmd_stages}
+    return {**handlers, "report": cmd_report}[args.command](args)
 
 
 if __name__ == "__main__":

@@ -100,9 +100,28 @@ def user_prevalence(value: float) -> Prevalence:
     )
 
 
-def prevalences_with(extra: Iterable[float] = (), defaults: Sequence[Prevalence] = DEFAULT_PREVALENCES) -> list:
-    """The default prevalences followed by the user's, in the order given."""
-    return list(defaults) + [user_prevalence(v) for v in extra]
+def design_prevalence(classes: Sequence[str]) -> Prevalence:
+    """The study design's share of AD: 50/50 for CN and AD; with k balanced classes (e.g. CN, MCI, AD) 1 in k."""
+    if len(classes) <= 2:
+        return CASE_CONTROL
+    names = ", ".join(classes)
+    return Prevalence(
+        key=CASE_CONTROL.key,
+        label=CASE_CONTROL.label,
+        value=1 / len(classes),
+        source=f"{names} scans balanced by the cohort builder (bundle/scripts/cohort.py): AD is 1 in {len(classes)}",
+        short=f"Test set (1/{len(classes)})",
+        note="Case-control sampling: PPV and NPV here are those of the test set, not of any clinic.",
+    )
+
+
+def prevalences_with(
+    extra: Iterable[float] = (), defaults: Sequence[Prevalence] = DEFAULT_PREVALENCES, classes: Sequence[str] = ()
+) -> list:
+    """The default prevalences followed by the user's, in the order given; with more than two ``classes`` the study
+    design's prevalence is theirs (:func:`design_prevalence`)."""
+    design = design_prevalence(classes)
+    return [design if p.key == CASE_CONTROL.key else p for p in defaults] + [user_prevalence(v) for v in extra]
 
 
 def posterior_parameters(tp: int, fn: int, tn: int, fp: int, prior: tuple[float, float] = PRIOR) -> dict:

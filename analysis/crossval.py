@@ -7,12 +7,18 @@ For fold ``k`` (``<folds_dir>/fold_<k>.json``, written by ``python -m preprocess
     <out>/fold_<k>/eval/            training_log.csv, predictions.csv, metrics.json (--output_dir)
     <out>/fold_<k>/training.done    written once training returned successfully
     <out>/fold_<k>/train.log, evaluate.log
+    <out>/fold_<k>/eval_external/   the fold's model on an external test datalist (--external-datalist), with
+                                    evaluate_external.log
+
 
 Resuming: a fold whose ``eval/metrics.json`` exists is finished and skipped; a fold with ``training.done`` but no
 metrics is only evaluated; any other fold is trained, and an interrupted training resumes from its last epoch
 checkpoint because the bundle does (``ResumeFromLatestCheckpoint``). The marker matters: re-running a finished
 training would resume from the last checkpoint and train further whenever early stopping had ended it before
 ``max_epochs``.
+The external evaluation resumes the same way: a fold whose ``eval_external/metrics.json`` exists is not evaluated
+again. The bundle refuses external test scans that share a subject or an image with the model's training data; that
+refusal (its one ``error: ...`` line) stops the run naming the fold.
 
 Standard deviations are sample standard deviations (ddof=1) over folds.
 """
@@ -30,7 +36,16 @@ from pathlib import Path
 from typing import Any
 
 from analysis import BUNDLE_ROOT
-from analysis.metrics import DEFAULT_THRESHOLD, Predictions, mean_std, per_subject, point_metrics, read_predictions
+from analysis.external import EXTERNAL_DIR, pool_fold_predictions
+from analysis.metrics import (
+    DEFAULT_THRESHOLD,
+    Predictions,
+    concat_predictions,
+    mean_std,
+    per_subject,
+    point_metrics,
+    read_predictions,
+)
 
 TRAIN_CONFIG = "configs/train.json"
 EVALUATE_CONFIG = "['configs/train.json','configs/evaluate.json']"
@@ -85,19 +100,31 @@ def _without_training_only(overrides: Sequence[str]) -> list[str]:
 
 
 def fold_commands(
-    fold_json: Path, dataset_dir: Path, fold_dir: Path, overrides: Sequence[str] = (), python: str = sys.executable
+    fold_json: Path,
+    dataset_dir: Path,
+    fold_dir: Path,
+    overrides: Sequence[str] = (),
+    python: str = sys.executable,
+    external: tuple[Path, Path] | None = None,
 ) -> dict[str, list[str]]:
-    """The training and evaluation command lines of one fold (run from the bundle folder; absolute paths)."""
+    """The training and evaluation command lines of one fold (run from the bundle folder; absolute paths); with
+    ``external`` = (datalist, dataset_dir) also the evaluation of the fold's model on that external test set."""
     common = [
         "--datalist", str(fold_json), "--dataset_dir", str(dataset_dir),
         "--ckpt_dir", str(fold_dir / "models"), "--output_dir", str(fold_dir / "eval"),
     ]  # fmt: skip
     bundle = [python, "-m", "monai.bundle", "run"]
-    return {
+    evaluate = [*bundle, "evaluating", "--config_file", EVALUATE_CONFIG]
+    commands = {
         "training": [*bundle, "training", "--config_file", TRAIN_CONFIG, *common, *overrides],
-        "evaluating": [*bundle, "evaluating", "--config_file", EVALUATE_CONFIG, *common]
-        + _without_training_only(overrides),
+        "evaluating": [*evaluate, *common] + _without_training_only(overrides),
     }
+    if external is not None:
+        commands["evaluating_external"] = [
+            *evaluate, "--datalist", str(external[0]), "--dataset_dir", str(external[1]),
+            "--ckpt_dir", str(fold_dir / "models"), "--output_dir", str(fold_dir / EXTERNAL_DIR),
+        ] + _without_training_only(overrides)  # fmt: skip
+    return commands
 
 
 def fold_metrics(eval_dir: Path, threshold: float = DEFAULT_THRESHOLD) -> dict[str, Any]:
@@ -124,32 +151,32 @@ def run_crossval(
     python: str = sys.executable,
     threshold: float = DEFAULT_THRESHOLD,
     log: Callable[[str], None] = print,
+    external_datalist: str | Path | None = None,
+    external_dataset_dir: str | Path | None = None,
 ) -> dict[str, Any]:
-    """Train and evaluate every fold that is not finished, then write ``crossval.json`` and ``crossval.csv`` in
-    ``out`` and return the summary."""
+    """Train and evaluate every fold that is not finished (and, with ``external_datalist``, evaluate each fold's model
+    on that external test set), then write ``crossval.json`` and ``crossval.csv`` in ``out`` and return the
+    summary."""
     out = Path(out).resolve()
     dataset_dir = Path(dataset_dir).resolve()
+    external = None
+    if external_datalist is not None:
+        if external_dataset_dir is None:
+            raise CrossvalError("--external-datalist needs --external-dataset-dir (the external images' root).")
+        external = (Path(external_datalist).resolve(), Path(external_dataset_dir).resolve())
     folds = find_folds(folds_dir)
     out.mkdir(parents=True, exist_ok=True)
     for k, fold_json in folds:
         fold_dir = out / f"fold_{k}"
+        commands = fold_commands(fold_json, dataset_dir, fold_dir, overrides, python, external)
         metrics_file = fold_dir / "eval" / "metrics.json"
         if metrics_file.is_file():
             log(f"fold {k}: finished earlier ({metrics_file}), skipped")
-            continue
-        commands = fold_commands(fold_json, dataset_dir, fold_dir, overrides, python)
-        marker = fold_dir / "training.done"
-        if marker.is_file():
-            log(f"fold {k}: training finished earlier, evaluating only")
         else:
-            log(f"fold {k}: training (log: {fold_dir / 'train.log'})")
-            _run(runner, commands["training"], fold_dir / "train.log", f"fold {k} training")
-            marker.write_text("training finished\n")
-        log(f"fold {k}: evaluating (log: {fold_dir / 'evaluate.log'})")
-        _run(runner, commands["evaluating"], fold_dir / "evaluate.log", f"fold {k} evaluation")
-        if not metrics_file.is_file():
-            raise CrossvalError(f"fold {k}: evaluation wrote no {metrics_file}; see {fold_dir / 'evaluate.log'}.")
-    summary = summarize_folds(out, folds, threshold)
+            _train_and_evaluate(runner, commands, fold_dir, k, log)
+        if external is not None:
+            _evaluate_external(runner, commands["evaluating_external"], fold_dir, k, log)
+    summary = summarize_folds(out, folds, threshold, external=external)
     summary["folds_dir"] = str(Path(folds_dir).resolve())
     summary["dataset_dir"] = str(dataset_dir)
     summary["overrides"] = list(overrides)
@@ -158,22 +185,76 @@ def run_crossval(
     return summary
 
 
+def _train_and_evaluate(runner: Runner, commands: dict[str, list[str]], fold_dir: Path, k: int, log: Callable) -> None:
+    marker = fold_dir / "training.done"
+    if marker.is_file():
+        log(f"fold {k}: training finished earlier, evaluating only")
+    else:
+        log(f"fold {k}: training (log: {fold_dir / 'train.log'})")
+        _run(runner, commands["training"], fold_dir / "train.log", f"fold {k} training")
+        marker.write_text("training finished\n")
+    log(f"fold {k}: evaluating (log: {fold_dir / 'evaluate.log'})")
+    _run(runner, commands["evaluating"], fold_dir / "evaluate.log", f"fold {k} evaluation")
+    metrics_file = fold_dir / "eval" / "metrics.json"
+    if not metrics_file.is_file():
+        raise CrossvalError(f"fold {k}: evaluation wrote no {metrics_file}; see {fold_dir / 'evaluate.log'}.")
+
+
+def _evaluate_external(runner: Runner, command: list[str], fold_dir: Path, k: int, log: Callable) -> None:
+    metrics_file = fold_dir / EXTERNAL_DIR / "metrics.json"
+    if metrics_file.is_file():
+        log(f"fold {k}: external evaluation finished earlier ({metrics_file}), skipped")
+        return
+    log_path = fold_dir / "evaluate_external.log"
+    log(f"fold {k}: evaluating on the external test set (log: {log_path})")
+    _run(runner, command, log_path, f"fold {k} external evaluation")
+    if not metrics_file.is_file():
+        raise CrossvalError(f"fold {k}: external evaluation wrote no {metrics_file}; see {log_path}.")
+
+
 def _run(runner: Runner, command: Sequence[str], log_path: Path, what: str) -> None:
     status = runner(command, BUNDLE_ROOT, log_path)
     if status != 0:
-        tail = log_path.read_text()[-3000:] if log_path.is_file() else ""
-        raise CrossvalError(f"{what} failed (exit status {status}); full log: {log_path}\n{tail}")
+        text = log_path.read_text() if log_path.is_file() else ""
+        lines = [line for line in text.splitlines() if line.strip()]
+        if lines and lines[-1].startswith("error: "):
+            # A refused input (the bundle's BundleInputError, e.g. external test scans of training subjects): its
+            # one line says what and how to fix it, so it is the whole message.
+            raise CrossvalError(f"{what} refused: {lines[-1][len('error: ') :]} (log: {log_path})")
+        raise CrossvalError(f"{what} failed (exit status {status}); full log: {log_path}\n{text[-3000:]}")
 
 
-def summarize_folds(out: Path, folds: Sequence[tuple[int, Path]], threshold: float = DEFAULT_THRESHOLD) -> dict:
-    """Per-fold metrics and their mean ± sample standard deviation, per scan and per subject."""
+def summarize_folds(
+    out: Path,
+    folds: Sequence[tuple[int, Path]],
+    threshold: float = DEFAULT_THRESHOLD,
+    external: tuple[Path, Path] | None = None,
+) -> dict:
+    """Per-fold metrics and their mean ± sample standard deviation, per scan and per subject; with ``external``
+    (datalist, dataset_dir) the same for every fold's external evaluation, and the pooled metrics of both."""
+    stats = _fold_statistics(out, folds, "eval", threshold)
+    summary: dict[str, Any] = {"k": len(stats["folds"]), "threshold": threshold, "std": "sample (ddof=1)", **stats}
+    if external is not None:
+        summary["pooled"] = _pooled(concat_predictions(_fold_predictions(stats)), threshold)
+        outside = _fold_statistics(out, folds, EXTERNAL_DIR, threshold)
+        parts = dict(zip([f"fold {f['fold']}" for f in outside["folds"]], _fold_predictions(outside), strict=True))
+        summary["external"] = {
+            "datalist": str(external[0]),
+            "dataset_dir": str(external[1]),
+            **outside,
+            "pooled": _pooled(pool_fold_predictions(parts), threshold),
+        }
+    return summary
+
+
+def _fold_statistics(out: Path, folds: Sequence[tuple[int, Path]], folder: str, threshold: float) -> dict:
     per_fold = []
     for k, fold_json in folds:
-        eval_dir = out / f"fold_{k}" / "eval"
+        eval_dir = out / f"fold_{k}" / folder
         per_fold.append(
             {"fold": k, "datalist": str(fold_json), "eval_dir": str(eval_dir), **fold_metrics(eval_dir, threshold)}
         )
-    summary: dict[str, Any] = {"k": len(per_fold), "threshold": threshold, "std": "sample (ddof=1)", "folds": per_fold}
+    summary: dict[str, Any] = {"folds": per_fold}
     for level in ("scan", "subject"):
         summary[f"{level}_mean_std"] = {
             name: mean_std([fold[level][name] for fold in per_fold]) for name in SUMMARY_METRICS
@@ -181,19 +262,43 @@ def summarize_folds(out: Path, folds: Sequence[tuple[int, Path]], threshold: flo
     return summary
 
 
+def _fold_predictions(summary: dict[str, Any]) -> list[Predictions]:
+    return [read_predictions(Path(fold["eval_dir"]) / "predictions.csv") for fold in summary["folds"]]
+
+
+def _pooled(pred: Predictions, threshold: float) -> dict[str, Any]:
+    """Point metrics of pooled predictions (every fold's test scans, or every fold's external evaluations)."""
+    return {
+        "n_scans": len(pred),
+        "n_subjects": pred.n_subjects,
+        "scan": _metrics(pred, threshold),
+        "subject": _metrics(per_subject(pred), threshold),
+    }
+
+
 def write_summary(summary: dict[str, Any], out: Path) -> None:
-    """``crossval.json`` (everything) and ``crossval.csv`` (one row per fold, then mean and std rows)."""
+    """``crossval.json`` (everything) and ``crossval.csv`` (one row per fold, then mean and std rows; with an external
+    test set also a pooled row, and the same rows of the external evaluations with levels ``external_scan`` and
+    ``external_subject``)."""
     _atomic_write(out / "crossval.json", json.dumps(summary, indent=2) + "\n")
     columns = ["fold", "level", "n_scans", "n_subjects", *SUMMARY_METRICS]
     lines = [columns]
-    for level in ("scan", "subject"):
-        for fold in summary["folds"]:
-            lines.append(
-                [fold["fold"], level, fold["n_scans"], fold["n_subjects"]] + [fold[level][m] for m in SUMMARY_METRICS]
-            )
-        for statistic in ("mean", "std"):
-            stats = summary[f"{level}_mean_std"]
-            lines.append([statistic, level, "", ""] + [stats[m][statistic] for m in SUMMARY_METRICS])
+    sections = [("", summary)] + ([("external_", summary["external"])] if summary.get("external") else [])
+    for prefix, section in sections:
+        for level in ("scan", "subject"):
+            name = prefix + level
+            for fold in section["folds"]:
+                lines.append(
+                    [fold["fold"], name, fold["n_scans"], fold["n_subjects"]]
+                    + [fold[level][m] for m in SUMMARY_METRICS]
+                )
+            for statistic in ("mean", "std"):
+                stats = section[f"{level}_mean_std"]
+                lines.append([statistic, name, "", ""] + [stats[m][statistic] for m in SUMMARY_METRICS])
+            if "pooled" in section:
+                pooled = section["pooled"]
+                counts = [pooled["n_scans"], pooled["n_subjects"]]
+                lines.append(["pooled", name, *counts] + [pooled[level][m] for m in SUMMARY_METRICS])
     import io
 
     buffer = io.StringIO()
@@ -223,4 +328,18 @@ def format_summary(summary: dict[str, Any], level: str = "scan") -> str:
             continue
         spread = f"{100 * stats['std']:.2f}" if stats["std"] is not None else "n/a"
         lines.append(f"{name}: {100 * stats['mean']:.2f}% ± {spread}")
+    external = summary.get("external")
+    if external:
+        lines.append(f"External test set {external['datalist']}, every fold's model, per {level}:")
+        for fold in external["folds"]:
+            values = ", ".join(f"{name} {_percent(fold[level][name])}" for name in SUMMARY_METRICS)
+            lines.append(f"  fold {fold['fold']} ({fold['n_scans']} scans, {fold['n_subjects']} subjects): {values}")
+        lines.append("Pooled predictions, internal (test folds) | external (all folds' models):")
+        for name in SUMMARY_METRICS:
+            inside, outside = summary["pooled"][level][name], external["pooled"][level][name]
+            lines.append(f"{name}: {_percent(inside)} | {_percent(outside)}")
     return "\n".join(lines)
+
+
+def _percent(value: float | None) -> str:
+    return "n/a" if value is None else f"{100 * value:.2f}%"

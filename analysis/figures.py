@@ -1,5 +1,6 @@
-"""PNG figures of the report: ROC curve with its bootstrap band, confusion matrices, reliability diagram, training
-curves and PPV/NPV against prevalence with credible bands. Each function writes one file and returns its path.
+"""PNG figures of the report: ROC curve with its bootstrap band, confusion matrices (2 x 2 or k x k), reliability
+diagram, training curves, PPV/NPV against prevalence with credible bands, sensitivity by disease stage and internal
+against external validation. Each function writes one file and returns its path.
 
 matplotlib runs on the Agg backend (files only, no display), so the figures render on servers and in CI.
 """
@@ -28,6 +29,8 @@ FIGURE_FILES = {
     "reliability": "reliability_diagram.png",
     "training": "training_curves.png",
     "predictive_values": "predictive_values.png",
+    "stages": "accuracy_by_stage.png",
+    "external": "external_validation.png",
 }
 
 
@@ -44,6 +47,7 @@ def plot_roc(
     path: str | Path,
     subject_roc: Mapping[str, Any] | None = None,
     fold_rocs: Mapping[str, Mapping[str, Any]] | None = None,
+    contrast: str = "AD vs CN",
 ) -> Path:
     """Per-scan ROC with its 95% subject-bootstrap band; per-subject ROC dashed; cross-validation folds thin."""
     fig, ax = plt.subplots(figsize=(6, 5.5))
@@ -62,7 +66,7 @@ def plot_roc(
     ax.plot([0, 1], [0, 1], color="grey", lw=0.8, ls=":", label="Chance")
     ax.set(xlim=(0, 1), ylim=(0, 1.01), xlabel="False-positive rate (1 - specificity)")
     ax.set_ylabel("True-positive rate (sensitivity)")
-    ax.set_title("ROC curve, AD vs CN")
+    ax.set_title(f"ROC curve, {contrast}")
     ax.legend(loc="lower right", fontsize=8)
     ax.set_aspect("equal")
     return _save(fig, Path(path))
@@ -72,21 +76,33 @@ def _auc(roc: Mapping[str, Any]) -> str:
     return "n/a" if roc.get("auc") is None else f"{roc['auc']:.3f}"
 
 
+def _matrix(cells: Mapping[str, Any]) -> tuple[np.ndarray, list[str]]:
+    """Counts (rows true, columns predicted) and class names of a binary ``{tn, fp, fn, tp}`` mapping or a k-class
+    ``{"labels", "rows_true_cols_pred"}`` one (cells plain counts or ``{"value": n}`` entries)."""
+    if "rows_true_cols_pred" in cells:
+        rows = [[c["value"] if isinstance(c, Mapping) else c for c in row] for row in cells["rows_true_cols_pred"]]
+        return np.array(rows, dtype=float), list(cells["labels"])
+    value = {k: (v["value"] if isinstance(v, Mapping) else v) for k, v in cells.items()}
+    return np.array([[value["tn"], value["fp"]], [value["fn"], value["tp"]]], dtype=float), ["CN", "AD"]
+
+
 def plot_confusion_matrices(matrices: Mapping[str, Mapping[str, Any]], path: str | Path) -> Path:
-    """One panel per level (e.g. per scan, per subject): counts with row percentages; rows true, columns predicted."""
-    fig, axes = plt.subplots(1, len(matrices), figsize=(4.6 * len(matrices), 4.2), squeeze=False)
+    """One panel per level (e.g. per scan, per subject): counts with row percentages; rows true, columns predicted.
+    Each matrix is binary (``tn``, ``fp``, ``fn``, ``tp``) or k x k (``labels``, ``rows_true_cols_pred``)."""
+    k = max(len(_matrix(cells)[1]) for cells in matrices.values())
+    size = 4.6 + 0.9 * (k - 2)
+    fig, axes = plt.subplots(1, len(matrices), figsize=(size * len(matrices), size - 0.4), squeeze=False)
     for ax, (title, cells) in zip(axes[0], matrices.items(), strict=True):
-        value = {k: (v["value"] if isinstance(v, Mapping) else v) for k, v in cells.items()}
-        counts = np.array([[value["tn"], value["fp"]], [value["fn"], value["tp"]]], dtype=float)
+        counts, labels = _matrix(cells)
         rows = counts.sum(axis=1, keepdims=True)
         share = np.divide(counts, rows, out=np.zeros_like(counts), where=rows > 0)
         ax.imshow(share, cmap="Blues", vmin=0, vmax=1)
-        for i in range(2):
-            for j in range(2):
+        for i in range(len(labels)):
+            for j in range(len(labels)):
                 colour = "white" if share[i, j] > 0.6 else "black"
                 ax.text(j, i, f"{int(counts[i, j])}\n({share[i, j]:.0%})", ha="center", va="center", color=colour)
-        ax.set_xticks([0, 1], ["CN", "AD"])
-        ax.set_yticks([0, 1], ["CN", "AD"])
+        ax.set_xticks(range(len(labels)), labels)
+        ax.set_yticks(range(len(labels)), labels)
         ax.set(xlabel="Predicted", ylabel="True", title=title)
     return _save(fig, Path(path))
 
@@ -186,4 +202,68 @@ def plot_predictive_values(
     ax.set_title("PPV and NPV against prevalence\n(posterior medians, 95% credible bands)")
     ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.13), fontsize=8, ncol=2)
     ax.grid(alpha=0.3)
+    return _save(fig, Path(path))
+
+
+def _point_and_bar(entry: Mapping[str, Any]) -> tuple[float, list[float]]:
+    """Value and [below, above] error-bar lengths of an interval entry (NaN where undefined)."""
+    value = entry.get("value")
+    if value is None:
+        return np.nan, [0.0, 0.0]
+    low, high = entry.get("ci_low"), entry.get("ci_high")
+    return value, [value - low if low is not None else 0.0, high - value if high is not None else 0.0]
+
+
+def plot_stages(stages: Mapping[str, Any], path: str | Path) -> Path:
+    """One panel per stage measure: sensitivity for AD per bin (least to most advanced) with 95% intervals, the
+    number of AD scans under each bin; for k classes also the share predicted their own class."""
+    variables = stages["variables"]
+    fig, axes = plt.subplots(1, len(variables), figsize=(4.8 * len(variables), 4.4), squeeze=False)
+    k = len(stages["classes"])
+    for ax, entry in zip(axes[0], variables.values(), strict=True):
+        x = np.arange(len(entry["bins"]))
+        series = [("sensitivity", "Sensitivity for AD", AD_COLOUR, -0.08)]
+        if k > 2:
+            series.append(("correct", "Correct class", MODEL_COLOUR, 0.08))
+        for key, label, colour, shift in series:
+            points = [_point_and_bar(row[key]) for row in entry["bins"]]
+            y = [p[0] for p in points]
+            bars = np.array([p[1] for p in points]).T
+            ax.errorbar(x + shift, y, yerr=bars, fmt="o-", color=colour, capsize=4, label=label)
+        ad = stages["classes"][-1] if "AD" not in stages["classes"] else "AD"
+        ticks = [f"{row['label']}\n({row['n_per_class'].get(ad, 0)} {ad})" for row in entry["bins"]]
+        ax.set_xticks(x, ticks, fontsize=8)
+        ax.set(ylim=(-0.02, 1.05), xlim=(-0.5, len(x) - 0.5), title=entry["title"], ylabel="Share of scans")
+        ax.grid(alpha=0.3)
+        ax.legend(loc="lower right", fontsize=8)
+    return _save(fig, Path(path))
+
+
+def plot_external(comparison: Mapping[str, Any], path: str | Path) -> Path:
+    """Internal against external validation per scan and per subject: each metric with its 95% interval."""
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharey=True)
+    names = list(comparison["metrics"])
+    for ax, level in zip(axes, ("scan", "subject"), strict=True):
+        entry = comparison[level]
+        for name, colour, shift in (("internal", MODEL_COLOUR, -0.1), ("external", "#e67e22", 0.1)):
+            points = [_point_and_bar(entry["metrics"][m][name]) for m in names]
+            bars = np.array([p[1] for p in points]).T
+            count = entry[f"n_{name}"]
+            ax.errorbar(
+                np.arange(len(names)) + shift,
+                [p[0] for p in points],
+                yerr=bars,
+                fmt="o",
+                color=colour,
+                capsize=4,
+                label=f"{name.capitalize()} ({count} {level}s)",
+            )
+        labels = [
+            comparison["metrics"][m].split(" (")[0].replace("Balanced accuracy", "Balanced\naccuracy") for m in names
+        ]
+        ax.set_xticks(range(len(names)), labels, fontsize=8)
+        ax.set(ylim=(0, 1.02), xlim=(-0.5, len(names) - 0.5), title=f"Per {level}")
+        ax.grid(alpha=0.3)
+        ax.legend(loc="lower left", fontsize=8)
+    axes[0].set_ylabel(f"{comparison['contrast']} (95% CI)")
     return _save(fig, Path(path))

@@ -36,7 +36,7 @@ def align_predictions(a: Predictions, b: Predictions) -> tuple[Predictions, Pred
             f"{len(only_b)} only in B (e.g. {only_b[:3]})."
         )
     order = np.array([index_b[i] for i in a.image_id])
-    b_aligned = Predictions(b.image_id[order], b.subject[order], b.label[order], b.prob[order], b.level)
+    b_aligned = Predictions(b.image_id[order], b.subject[order], b.label[order], b.prob[order], b.level, b.classes)
     if not (np.array_equal(a.label, b_aligned.label) and np.array_equal(a.subject, b_aligned.subject)):
         raise ValueError("The two predictions files disagree on the label or subject of some scans.")
     return a, b_aligned

@@ -21,6 +21,7 @@ from typing import Any
 
 from analysis import bayes, figures
 from analysis.metrics import CONFIDENCE, DEFAULT_BINS, DEFAULT_RESAMPLES, DEFAULT_SEED, DEFAULT_THRESHOLD
+from analysis.predictions import read_prediction_rows
 from analysis.report_html import (  # noqa: F401  (re-exported)
     CSS,
     FIGURE_CAPTIONS,
@@ -31,6 +32,7 @@ from analysis.report_html import (  # noqa: F401  (re-exported)
 )
 from analysis.report_results import (  # noqa: F401  (re-exported)
     PARTITIONS,
+    _fold_eval_dir,
     analyse,
     crossval_results,
     datalist_summary,
@@ -46,13 +48,16 @@ def make_figures(results: dict[str, Any], out: Path, prevalences: Sequence[bayes
     """Write the PNG figures into ``out``; return figure name -> file name (only figures that have data)."""
     names = figures.FIGURE_FILES
     made = {}
-    figures.plot_roc(results["roc"]["scan"], out / names["roc"], results["roc"]["subject"], results["roc"].get("folds"))
+    roc = results["roc"]
+    figures.plot_roc(roc["scan"], out / names["roc"], roc["subject"], roc.get("folds"), contrast=results["contrast"])
     made["roc"] = names["roc"]
     scan, subject = results["metrics"]["scan"], results["metrics"]["subject"]
+    # k classes: the k x k matrices of the class predictions; two classes: the AD vs CN matrices, as always.
+    levels = results["multiclass"] if "multiclass" in results else results["metrics"]
     figures.plot_confusion_matrices(
         {
-            f"Per scan (n={scan['n']})": scan["confusion_matrix"],
-            f"Per subject (n={subject['n']})": subject["confusion_matrix"],
+            f"Per scan (n={scan['n']})": levels["scan"]["confusion_matrix"],
+            f"Per subject (n={subject['n']})": levels["subject"]["confusion_matrix"],
         },
         out / names["confusion"],
     )
@@ -74,6 +79,12 @@ def make_figures(results: dict[str, Any], out: Path, prevalences: Sequence[bayes
         references=[r for r in results["clinicians"] if r["key"] == "mta_meta_analysis_2021"],
     )
     made["predictive_values"] = names["predictive_values"]
+    if "stages" in results:
+        figures.plot_stages(results["stages"], out / names["stages"])
+        made["stages"] = names["stages"]
+    if "external" in results:
+        figures.plot_external(results["external"], out / names["external"])
+        made["external"] = names["external"]
     return made
 
 
@@ -91,13 +102,19 @@ def write_report(
     n_draws: int = bayes.DEFAULT_DRAWS,
     bayes_level: str = "subject",
     explain_dir: str | Path | None = None,
+    external_eval_dir: str | Path | None = None,
+    stage_cuts: dict[str, Sequence[float] | str] | None = None,
 ) -> Path:
-    """Write ``report.html``, ``report.json`` and the PNG figures into ``out``; return the HTML path."""
+    """Write ``report.html``, ``report.json`` and the PNG figures into ``out``; return the HTML path.
+
+    ``datalist`` (and, for a cross-validation, the fold datalists) also give the stage measures of the test scans
+    (their ``clinical`` table; bins from ``stage_cuts``, see :mod:`analysis.stages`); ``external_eval_dir`` is the
+    evaluation of the same model on another cohort's test datalist (see :mod:`analysis.external`)."""
     if (eval_dir is None) == (crossval_dir is None):
         raise ValueError("Give exactly one of eval_dir and crossval_dir.")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    prevalences = bayes.prevalences_with(extra_prevalences)
+    prevalences = bayes.prevalences_with(extra_prevalences, classes=_classes(eval_dir, crossval_dir))
     options = {
         "threshold": threshold,
         "n_resamples": n_resamples,
@@ -106,12 +123,11 @@ def write_report(
         "n_draws": n_draws,
         "bayes_level": bayes_level,
     }
+    sections = {"stage_cuts": stage_cuts, "external_eval_dir": external_eval_dir}
     if eval_dir is not None:
-        results = evaluation_results(eval_dir, prevalences, datalist=datalist, **options)
+        results = evaluation_results(eval_dir, prevalences, datalist=datalist, sections=sections, **options)
     else:
-        results = crossval_results(crossval_dir, prevalences, **options)
-        if datalist is not None:
-            results["cohort"]["datalist"] = datalist_summary(datalist)
+        results = crossval_results(crossval_dir, prevalences, datalist=datalist, sections=sections, **options)
     results["generated"] = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     results["synthetic"] = synthetic
     results["confidence"] = CONFIDENCE
@@ -127,6 +143,14 @@ def write_report(
     explain = Path(explain_dir) if explain_dir is not None else None
     _write_text(path, render_html(results, out, made, prevalences, synthetic, explain))
     return path
+
+
+def _classes(eval_dir: str | Path | None, crossval_dir: str | Path | None) -> list[str]:
+    """The classes of the evaluated predictions (of the first fold for a cross-validation)."""
+    if eval_dir is not None:
+        return read_prediction_rows(Path(eval_dir) / "predictions.csv")[0]
+    summary = json.loads((Path(crossval_dir) / "crossval.json").read_text())
+    return read_prediction_rows(_fold_eval_dir(Path(crossval_dir), summary["folds"][0]) / "predictions.csv")[0]
 
 
 def _strip_tags(text: str) -> str:

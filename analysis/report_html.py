@@ -14,11 +14,14 @@ from markupsafe import Markup
 
 from analysis import bayes
 from analysis.metrics import METRICS, format_interval
+from analysis.report_sections import external_context, figure_captions, multiclass_context, stages_context
 from analysis.templating import render
 
 SECTION_TITLES = {
     "cohort": "Cohort summary",
     "metrics": "Metrics with 95% confidence intervals",
+    "stages": "Accuracy by disease stage",
+    "external": "External validation",
     "figures": "Figures",
     "bayes": "Bayesian post-test probabilities",
     "clinicians": "Comparison with published visual MRI reads",
@@ -38,7 +41,12 @@ FIGURE_CAPTIONS = {
     "predictive_values": "Post-test probabilities against prevalence: posterior median PPV and NPV with 95% credible "
     "bands; dotted lines mark the prevalences of the table; dashed lines are the pooled visual MTA rating "
     "(meta-analysis point estimates).",
+    "stages": "Sensitivity for AD by stage bin (least to most advanced, number of AD scans under each bin) with 95% "
+    "subject-bootstrap intervals.",
+    "external": "Internal against external test set: each metric with its 95% subject-bootstrap interval.",
 }
+# Figures shown in their own section rather than among the others.
+SECTION_FIGURES = ("stages", "external")
 
 
 # ------------------------------------------------------------------------------------------------- HTML
@@ -75,10 +83,11 @@ def _mean_sd(stats: Mapping[str, Any]) -> str:
 
 
 def _cohort(results: Mapping[str, Any]) -> dict[str, Any]:
-    """The cohort table of the evaluated set and one table of partitions per datalist."""
-    columns = ["", "scans", "subjects", "AD scans", "CN scans", "AD subjects", "CN subjects"]
-    keys = ["scans", "subjects", "AD_scans", "CN_scans", "AD_subjects", "CN_subjects"]
+    """The cohort table of the evaluated set and one table of partitions per datalist (columns: scans, subjects,
+    then scans and subjects per class, AD first)."""
     test = results["cohort"]["test"]
+    keys = list(test)
+    columns = ["", *(key.replace("_", " ") for key in keys)]
     label = "Pooled test folds" if results["kind"] == "cross-validation" else "Evaluated (test) set"
     datalists = []
     if "datalist" in results["cohort"]:
@@ -88,21 +97,28 @@ def _cohort(results: Mapping[str, Any]) -> dict[str, Any]:
         {
             "name": name,
             "path": summary["datalist"],
-            "rows": [[p] + [c[k] for k in keys] for p, c in summary["partitions"].items()],
+            "columns": ["partition", *(key.replace("_", " ") for key in _keys(summary))],
+            "rows": [[p] + [c[k] for k in _keys(summary)] for p, c in summary["partitions"].items()],
         }
         for name, summary in datalists
     ]
     return {"columns": columns, "test_row": [label] + [test[k] for k in keys], "datalists": tables}
 
 
-def _metric_rows(metrics: Mapping[str, Any]) -> tuple[list[list[Any]], list[list[Any]]]:
-    """Rows of the metrics table and of the confusion-matrix table (per scan and per subject)."""
+def _keys(summary: Mapping[str, Any]) -> list[str]:
+    partitions = list(summary["partitions"].values())
+    return list(partitions[0]) if partitions else []
+
+
+def _metric_rows(metrics: Mapping[str, Any], negative: str = "CN") -> tuple[list[list[Any]], list[list[Any]]]:
+    """Rows of the metrics table and of the confusion-matrix table (per scan and per subject); ``negative`` names the
+    classes that are not AD (e.g. ``CN+MCI``)."""
     scan, subject = metrics["scan"], metrics["subject"]
     rows = []
     for name, label in METRICS.items():
         a, b = scan["metrics"][name], subject["metrics"][name]
         rows.append([label, format_interval(a), a["n_resamples_used"], format_interval(b), b["n_resamples_used"]])
-    cells = [("tn", "True CN (TN)"), ("fp", "False AD (FP)"), ("fn", "Missed AD (FN)"), ("tp", "True AD (TP)")]
+    cells = [("tn", f"True {negative} (TN)"), ("fp", "False AD (FP)"), ("fn", "Missed AD (FN)"), ("tp", "True AD (TP)")]
     confusion = []
     for key, label in cells:
         row = [label]
@@ -126,12 +142,12 @@ def _crossval(summary: Mapping[str, Any]) -> dict[str, Any]:
     return {"k": summary["k"], "header": header, "rows": rows, "mean_sd": [_mean_sd(stats[m]) for m in SUMMARY_METRICS]}
 
 
-def _figures(out: Path, made: Mapping[str, str]) -> list[dict[str, str]]:
-    """Each figure's PNG as base64, its file name and caption."""
-    figures = []
+def _figures(out: Path, made: Mapping[str, str], captions: Mapping[str, str]) -> dict[str, dict[str, str]]:
+    """Each figure's PNG as base64, its file name and caption, by figure name."""
+    figures = {}
     for name, filename in made.items():
         data = base64.b64encode((out / filename).read_bytes()).decode("ascii")
-        figures.append({"data": data, "file": filename, "caption": FIGURE_CAPTIONS[name]})
+        figures[name] = {"data": data, "file": filename, "caption": captions.get(name, FIGURE_CAPTIONS[name])}
     return figures
 
 
@@ -155,10 +171,20 @@ def limitations(results: Mapping[str, Any], synthetic: bool = False) -> list[str
             f"<b>Small test set.</b> {n_subjects} subjects ({results['metrics']['scan']['n']} scans): intervals are "
             "wide, and a few subjects can move every metric."
         )
+    classes = list(results.get("classes", ["CN", "AD"]))
+    sampled = (
+        "AD and CN were sampled 50/50 from research cohorts (clinically diagnosed AD dementia against cognitively "
+        "normal volunteers, no MCI or other dementias). Accuracy and precision at this 50/50 mix"
+    )
+    if len(classes) > 2:
+        sampled = (
+            f"The classes {', '.join(classes)} were sampled in about equal numbers from research cohorts (no other "
+            f"dementias); the AD-vs-rest metrics, the Bayesian analysis and the clinician comparison use the contrast "
+            f"{results['contrast']}. Accuracy and precision at this mix"
+        )
     items += [
-        "<b>Case-control sampling.</b> AD and CN were sampled 50/50 from research cohorts (clinically diagnosed "
-        "AD dementia against cognitively normal volunteers, no MCI or other dementias). Accuracy and precision at "
-        "this 50/50 mix do not carry over to a clinic, and sensitivity and specificity measured on clear-cut cases "
+        f"<b>Case-control sampling.</b> {sampled}"
+        " do not carry over to a clinic, and sensitivity and specificity measured on clear-cut cases "
         "usually overestimate those on the patients who are actually referred (spectrum bias). The post-test "
         "probabilities assume that sensitivity and specificity transfer unchanged to each setting.",
         "<b>Dependence between scans.</b> Several scans of one subject are not independent: the bootstrap resamples "
@@ -169,6 +195,16 @@ def limitations(results: Mapping[str, Any], synthetic: bool = False) -> list[str
         "<b>Research use only.</b> This software is not a medical device. It is not validated for, and must not "
         "be used for, the diagnosis of any person or any decision about their care.",
     ]
+    if "stages" in results:
+        items.append(
+            "<b>Accuracy by stage.</b> Per scan and exploratory: the bins are small, several were not planned in "
+            "advance, and stage measures are recorded differently between cohorts (e.g. OASIS labels AD from CDR)."
+        )
+    if "external" in results:
+        items.append(
+            "<b>External validation.</b> The drop mixes every difference between the cohorts (people, scanners, "
+            "protocols, diagnostic criteria); it shows how far the internal numbers transfer, not why."
+        )
     if results["kind"] == "cross-validation":
         items.append(
             "<b>Cross-validation.</b> The folds share most of their training data, so the standard deviation over "
@@ -186,9 +222,12 @@ def render_html(
     explain_dir: Path | None = None,
 ) -> str:
     """The report as one HTML string (figures read from ``out`` and embedded)."""
-    metric_rows, confusion_rows = _metric_rows(results["metrics"])
+    negative = results.get("contrast", "AD vs CN").split(" vs ", 1)[1]
+    metric_rows, confusion_rows = _metric_rows(results["metrics"], negative)
     clinician_header = ["Reader", "Sensitivity", "Specificity", "LR+", "LR\u2212"]
     clinician_header += [f"PPV / NPV at {p.short or p.label} ({p.value:.3g})" for p in prevalences]
+    classes = list(results.get("classes", ["CN", "AD"]))
+    figures = _figures(out, made, figure_captions(results))
     page = render(
         "report.html.j2",
         results=results,
@@ -199,7 +238,13 @@ def render_html(
         metric_rows=metric_rows,
         confusion_rows=confusion_rows,
         crossval=_crossval(results["crossval"]) if results["kind"] == "cross-validation" else None,
-        figures=_figures(out, made),
+        title=f"{'/'.join(classes) if len(classes) > 2 else 'AD vs CN'} classification: {results['kind']} report",
+        contrast=results.get("contrast", "AD vs CN"),
+        multiclass=multiclass_context(results),
+        stages=stages_context(results),
+        external=external_context(results),
+        figures=[figure for name, figure in figures.items() if name not in SECTION_FIGURES],
+        section_figures={name: figures[name] for name in SECTION_FIGURES if name in figures},
         has_training_curves="training" in made,
         clinician_header=clinician_header,
         explanations=_explanations_html(explain_dir) if explain_dir is not None else None,

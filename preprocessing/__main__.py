@@ -10,69 +10,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from preprocessing import adni
+from preprocessing.cli_inputs import add_input_arguments as _add_input_arguments
+from preprocessing.cli_inputs import discover as _discover
+from preprocessing.cli_inputs import print_discovery as _print_discovery
 
 if TYPE_CHECKING:
     from preprocessing.pipeline.executors import ScanExecutor
-
-
-def _add_input_arguments(parser: argparse.ArgumentParser) -> None:
-    source = parser.add_argument_group("input (an ADNI download, or a folder of NIfTI files with a CSV)")
-    source.add_argument("--adni", type=Path, help="the ADNI folder of the download (ADNI/<subject>/<description>/...)")
-    source.add_argument("--collection-csv", type=Path, help="ADNI's image collection CSV that came with the download")
-    source.add_argument(
-        "--label-table", type=Path, help="labels by subject (e.g. ADNIMERGE: PTID, DX_bl), override Group"
-    )
-    source.add_argument("--label-subject-column", help="subject column of --label-table (guessed if not given)")
-    source.add_argument("--label-column", help="label column of --label-table (guessed if not given)")
-    source.add_argument(
-        "--series", choices=list(adni.SERIES_PRESETS), default=None,
-        help="which series descriptions to select: mprage (default: MPRAGE without accelerated variants), "
-        "any-mprage (also accelerated MPRAGE), adni-processed (ADNI's pre-processed exports: 'MPR; GradWarp; "
-        "B1 Correction', 'MPR-R; GradWarp', 'MPR; GradWarp; B1 Correction; N3; Scaled', 'MT1; N3m', ...)",
-    )  # fmt: skip
-    source.add_argument(
-        "--include-pattern", action="append", help="regex a series description must match (repeatable); "
-        "replaces the default series, or adds to an explicit --series",
-    )  # fmt: skip
-    source.add_argument("--exclude-pattern", action="append", help="regex that rules a description out (repeatable)")
-    source.add_argument(
-        "--nifti-csv", type=Path, help="CSV with path, subject, label[, visit] for .nii, .nii.gz or .mgz input"
-    )
-
-
-def _discover(args: argparse.Namespace) -> adni.Discovery:
-    # A table that cannot be used at all (missing, empty, a required column absent) is a usage error: its message
-    # names the file and the column, a traceback would only bury it.
-    try:
-        if args.nifti_csv:
-            return adni.discover_nifti(args.nifti_csv)
-        if not args.collection_csv:
-            sys.exit("error: give --collection-csv (with --adni) for an ADNI download, or --nifti-csv for NIfTI files")
-        return adni.discover_adni(
-            args.collection_csv,
-            args.adni,
-            include_patterns=adni.series_patterns(args.series, args.include_pattern),
-            exclude_patterns=tuple(args.exclude_pattern or adni.DEFAULT_EXCLUDE_PATTERNS),
-            label_table=args.label_table,
-            label_subject_column=args.label_subject_column,
-            label_column=args.label_column,
-        )
-    except (adni.TableError, FileNotFoundError) as error:
-        sys.exit(f"error: {error}")
-
-
-def _print_discovery(discovery: adni.Discovery, report: Path) -> None:
-    summary = discovery.summary()
-    print(f"Found {summary['scans']} scans of {summary['subjects']} subjects:")
-    for group, counts in summary["groups"].items():
-        print(f"  {group}: {counts['scans']} scans, {counts['subjects']} subjects")
-    if summary["skipped_total"]:
-        reasons = ", ".join(f"{category} {count}" for category, count in summary["skipped"].items())
-        print(f"Skipped {summary['skipped_total']}: {reasons} (details in {report})")
-    for line in adni.warning_lines(discovery, examples=3):
-        print(f"Warning: {line}")
-    for hint in discovery.hints():
-        print(f"Hint: {hint}")
 
 
 def cmd_discover(args: argparse.Namespace) -> int:
@@ -136,7 +79,7 @@ def _run(args: argparse.Namespace, executor: ScanExecutor) -> int:
         overrides["synthstrip_weights"] = str(args.synthstrip_weights)
     # Resolves the SynthStrip weights too: fails now, with the fix, rather than once per scan.
     try:
-        plan = build_plan(overrides, _qc_overrides(args.qc_set))
+        plan = build_plan(overrides, _qc_overrides(args.qc_set), classes=list(discovery.classes))
     except FileNotFoundError as error:  # no SynthStrip weights: the message says where to put them
         sys.exit(f"error: {error}")
     plan_path = write_plan(plan, args.out)  # refuses a folder that holds volumes made with other settings
@@ -166,8 +109,11 @@ def _run(args: argparse.Namespace, executor: ScanExecutor) -> int:
 def cmd_split(args: argparse.Namespace) -> int:
     from preprocessing.pipeline import read_manifest
     from scripts import cohort
+    from scripts.plan import plan_classes, read_plan
 
     manifest = args.manifest or args.out / "manifest.csv"
+    plan = read_plan(args.out)
+    classes = plan_classes(plan)  # the classes 'run' was given; CN/AD for older folders
     all_rows = read_manifest(manifest)
     rows = [row for row in all_rows if row.get("status") == "ok"]
     left_out = [row for row in all_rows if row.get("status") != "ok"]
@@ -177,6 +123,15 @@ def cmd_split(args: argparse.Namespace) -> int:
             print(f"  {row.get('image_id')} ({row.get('subject')}): {row.get('status')}: {row.get('error')}")
     if not rows:
         sys.exit(f"error: no preprocessed scans with status ok in {manifest}; run 'python -m preprocessing run' first")
+    for row in rows:
+        label = int(row["label"])
+        if not 0 <= label < len(classes) or (row.get("group") and row["group"] != classes[label]):
+            sys.exit(
+                f"error: {manifest}: {row['image_id']} has label {label} ({row.get('group')}) but "
+                + (f"{args.out / 'plan.json'} gives" if plan else f"with no plan.json in {args.out} the default is")
+                + f" the classes {','.join(classes)}; run 'python -m preprocessing run' into this folder with the "
+                "--classes the manifest was made with"
+            )
     scans = [
         {
             "image": row["output"],
@@ -190,22 +145,42 @@ def cmd_split(args: argparse.Namespace) -> int:
     ]
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", cohort.CohortImbalanceWarning)
-        balanced = cohort.balance_cohort(scans, seed=args.seed)
+        balanced = cohort.balance_cohort(scans, seed=args.seed, classes=classes)
     for warning in caught:
         print(f"warning: {warning.message}")
-    n_ad = sum(s["label"] == 1 for s in balanced)
-    print(f"Balanced cohort: {len(balanced)} scans ({n_ad} AD, {len(balanced) - n_ad} CN) of {len(scans)} preprocessed")
-    partitions = cohort.split_subjects(balanced, fractions=tuple(args.fractions), seed=args.seed)
-    datalist = cohort.write_datalist(partitions, args.datalist or args.out / "datalist.json", dataset_dir=args.out)
-    print(cohort.split_summary(partitions, fractions=tuple(args.fractions)))
+    counts = ", ".join(
+        f"{sum(s['label'] == i for s in balanced)} {name}" for i, name in reversed(list(enumerate(classes)))
+    )
+    print(f"Balanced cohort: {len(balanced)} scans ({counts}) of {len(scans)} preprocessed")
+    kept = {s["image_id"] for s in balanced}
+    clinical = {row["image_id"]: measures for row in rows if row["image_id"] in kept and (measures := _stage(row))}
+    partitions = cohort.split_subjects(balanced, fractions=tuple(args.fractions), seed=args.seed, classes=classes)
+    extra = {"dataset_dir": args.out, "classes": classes, "clinical": clinical or None}
+    datalist = cohort.write_datalist(partitions, args.datalist or args.out / "datalist.json", **extra)
+    print(cohort.split_summary(partitions, fractions=tuple(args.fractions), classes=classes))
+    if clinical:
+        print(f"Stage measures (CDR, MMSE, atrophy) of {len(clinical)} scans recorded in the datalist's 'clinical'")
     print(f"Datalist: {datalist}")
     if args.folds:
-        folds = cohort.kfold_datalists(balanced, k=args.folds, val_fraction=args.fractions[1], seed=args.seed)
+        folds = cohort.kfold_datalists(
+            balanced, k=args.folds, val_fraction=args.fractions[1], seed=args.seed, classes=classes
+        )
         for index, fold in enumerate(folds):
-            path = cohort.write_datalist(fold, args.out / "folds" / f"fold_{index}.json", dataset_dir=args.out)
+            path = cohort.write_datalist(fold, args.out / "folds" / f"fold_{index}.json", **extra)
             counts = ", ".join(f"{name} {len(items)}" for name, items in fold.items())
             print(f"Fold {index}: {counts} -> {path}")
     return 0
+
+
+def _stage(row: dict) -> dict[str, float]:
+    """The stage measures of a manifest row (``cdr``, ``mmse``, ``atrophy``) that it has, as numbers."""
+    measures = {}
+    for key in ("cdr", "mmse", "atrophy"):
+        try:
+            measures[key] = float(row[key])
+        except (KeyError, TypeError, ValueError):  # absent (older manifest) or blank
+            continue
+    return measures
 
 
 def cmd_benchmark(args: argparse.Namespace) -> int:
@@ -242,6 +217,7 @@ def cmd_synth(args: argparse.Namespace) -> int:
             progress=tqdm,
             voxel_size=tuple(args.voxel_size),
             overwrite=args.overwrite,
+            layout=args.layout,
         )
     except (FileExistsError, ValueError) as error:
         sys.exit(f"error: {error}")
@@ -253,10 +229,18 @@ def cmd_synth(args: argparse.Namespace) -> int:
         print(f"  plus {len(info.broken)} broken images on purpose:")
         for item in info.broken:
             print(f"    {item['image_id']} ({item['subject']}, {item['kind']}): {item['expected']}")
-    print(f"ADNI folder:    {info.adni_dir}")
-    print(f"Collection CSV: {info.collection_csv}")
+    if info.layout != "bids":
+        print(f"ADNI folder:    {info.adni_dir}")
+        print(f"Collection CSV: {info.collection_csv}")
+    if info.bids_dir is not None:
+        print(f"BIDS dataset:   {info.bids_dir}")
     print(f"Ground truth:   {info.truth_dir} (cohort.json, *_regions.nii.gz, *_truth.json)")
-    print(f"Next: python -m preprocessing run --adni {info.adni_dir} --collection-csv {info.collection_csv} --out OUT")
+    if info.layout != "bids":
+        print(
+            f"Next: python -m preprocessing run --adni {info.adni_dir} --collection-csv {info.collection_csv} --out OUT"
+        )
+    else:
+        print(f"Next: python -m preprocessing run --bids {info.bids_dir} --out OUT")
     return 0
 
 
@@ -372,6 +356,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="range of voxel sizes in mm, drawn per subject (default 1.0 1.25)",
     )  # fmt: skip
     synth.add_argument("--overwrite", action="store_true", help="replace a cohort already in --out")
+    synth.add_argument(
+        "--layout", choices=["adni", "bids", "both"], default="adni",
+        help="adni: DICOM download and collection CSV (default); bids: NIfTI BIDS dataset in <out>/bids; both",
+    )  # fmt: skip
+    synth.add_argument("--bids", dest="layout", action="store_const", const="bids", help="the same as --layout bids")
     synth.set_defaults(func=cmd_synth)
     return parser
 

@@ -57,6 +57,7 @@ COLLECTION_COLUMNS: dict[str, tuple[str, ...]] = {
     "Acq Date": ("acq date", "acquisition date", "scan date"),
     "Format": ("format",),
     "Downloaded": ("downloaded",),
+    "Atrophy": ("atrophy",),
 }
 #: ``--nifti-csv`` columns, the same way.
 NIFTI_COLUMNS: dict[str, tuple[str, ...]] = {
@@ -68,6 +69,10 @@ NIFTI_COLUMNS: dict[str, tuple[str, ...]] = {
     "sex": ("sex",),
     "age": ("age",),
     "acq_date": ("acq date", "acquisition date", "scan date", "date"),
+    "session": ("session", "session id"),
+    "cdr": ("cdr", "cdr global", "cdrglob"),
+    "mmse": ("mmse",),
+    "atrophy": ("atrophy",),
 }
 _LABEL_SUBJECT_COLUMNS = ("ptid", "subject", "subject id", "participant id")
 _LABEL_VALUE_COLUMNS = ("dx bl", "label", "group", "diagnosis", "dx")
@@ -185,6 +190,18 @@ def parse_sex(value: str) -> str | None:
         return _SEX_ALIASES[text.upper()]
     except KeyError:
         raise ValueError(f"invalid sex {text!r}: expected M, F, Male or Female") from None
+
+
+def parse_number(value: str) -> float | None:
+    """A number such as a CDR, an MMSE or an atrophy fraction (``"0,5"`` from a decimal-comma locale too); blank or
+    ``n/a`` (BIDS) -> None."""
+    text = str(value).strip()
+    if not text or text.lower() in {"n/a", "na", "nan"}:
+        return None
+    try:
+        return float(text.replace(",", "."))
+    except ValueError:
+        raise ValueError(f"invalid number {text!r}") from None
 
 
 def normalize_group(value: str | None) -> str:

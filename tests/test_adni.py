@@ -249,6 +249,37 @@ def test_patient_group_with_adnimerge_labels(tmp_path):
     assert skipped["I5"].category == "label_conflict" and "AD/CN" in skipped["I5"].reason
 
 
+def test_three_classes_and_visit_measures_from_adnimerge(tmp_path):
+    rows = [
+        _row("I1", "002_S_0295", "Patient", date="4/18/2006"),
+        _row("I2", "002_S_0295", "Patient", date="10/20/2006"),
+        _row("I3", "011_S_0003", "Patient", date="9/1/2005", Atrophy="0.2"),
+        _row("I4", "067_S_0110", "Patient", date="1/1/2008"),  # no exam within a year
+        _row("I5", "022_S_0004", "Patient"),
+    ]
+    csv_path = _write_csv(tmp_path / "collection.csv", rows, HEADER + ["Atrophy"])
+    merge = [
+        {"PTID": "002_S_0295", "EXAMDATE": "2006-04-10", "DX_bl": "CN", "MMSE": "29", "CDGLOBAL": "0"},
+        {"PTID": "002_S_0295", "EXAMDATE": "2006-10-30", "DX_bl": "CN", "MMSE": "28", "CDGLOBAL": "-4"},
+        {"PTID": "011_S_0003", "EXAMDATE": "2005-09-08", "DX_bl": "LMCI", "MMSE": "25", "CDGLOBAL": "0.5"},
+        {"PTID": "067_S_0110", "EXAMDATE": "2005-11-01", "DX_bl": "AD", "MMSE": "22", "CDGLOBAL": "1"},
+        {"PTID": "022_S_0004", "EXAMDATE": "2006-04-01", "DX_bl": "SMC", "MMSE": "30", "CDGLOBAL": "0"},
+    ]
+    merge_path = _write_csv(tmp_path / "ADNIMERGE.csv", merge, quoted=False)
+    found = discover_adni(csv_path, None, label_table=merge_path, classes=("CN", "MCI", "AD"))
+    scans = _by_id(found.scans)
+    assert {k: (v.group, v.label, v.mmse, v.cdr) for k, v in scans.items()} == {
+        "I1": ("CN", 0, 29.0, 0.0),
+        "I2": ("CN", 0, 28.0, 0.0),  # its own visit has CDR -4 (missing): the nearest real one is taken
+        "I3": ("MCI", 1, 25.0, 0.5),
+        "I4": ("AD", 2, None, None),
+    }
+    assert scans["I3"].atrophy == 0.2 and scans["I1"].atrophy is None
+    assert _by_id(found.skipped)["I5"].category == "group_excluded"
+    binary = discover_adni(csv_path, None, label_table=merge_path)
+    assert "only AD and CN are used" in _by_id(binary.skipped)["I3"].reason
+
+
 def test_simple_label_table_with_named_columns(tmp_path):
     table = _write_csv(tmp_path / "labels.csv", [{"ID": "002_S_0295", "Dx": "1"}, {"ID": "067_S_0110", "Dx": "0"}])
     loaded = load_label_table(table, subject_column="id", label_column="DX")

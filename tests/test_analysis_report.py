@@ -21,6 +21,9 @@ from analysis.figures import FIGURE_FILES
 
 FAST = {"n_resamples": 200, "n_draws": 2000}
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+# The figures of a binary evaluation; stages and external validation appear only with their inputs.
+OPTIONAL_SECTIONS = ("explanations", "stages", "external")
+BINARY_FIGURES = {name: file for name, file in FIGURE_FILES.items() if name not in OPTIONAL_SECTIONS}
 
 
 def write_eval_dir(path: Path, seed: int = 0, n_subjects: int = 24, prefix: str = "", log: bool = True) -> Path:
@@ -59,14 +62,14 @@ def test_evaluation_report_is_self_contained_with_every_figure_and_section(tmp_p
     html = path.read_text()
     # Every figure is embedded as a PNG data URI and also saved beside the report.
     images = embedded_images(html)
-    assert len(images) == len(FIGURE_FILES) == 5
+    assert len(images) == len(BINARY_FIGURES) == 5
     assert all(image.startswith(PNG_SIGNATURE) for image in images)
-    for filename in FIGURE_FILES.values():
+    for filename in BINARY_FIGURES.values():
         assert (out / filename).read_bytes() in images
-    # Every section (explanations only with --explain-dir), and nothing loaded from elsewhere (links to sources are
-    # plain hyperlinks).
+    # Every section (explanations only with --explain-dir, stages and external validation only with their inputs),
+    # and nothing loaded from elsewhere (links to sources are plain hyperlinks).
     for key, title in report.SECTION_TITLES.items():
-        assert (f">{title}</h2>" in html) == (key != "explanations")
+        assert (f">{title}</h2>" in html) == (key not in OPTIONAL_SECTIONS)
     assert not re.search(r'<(img|script|link|iframe)[^>]+(src|href)="(?!data:)', html)
     assert "<style>" in html
     expected = ["Research use only", "not a medical device", "Synthetic data", "Case-control sampling", "Beta(1, 1)"]
@@ -81,7 +84,7 @@ def test_evaluation_report_is_self_contained_with_every_figure_and_section(tmp_p
     assert data["metrics"]["scan"]["metrics"]["roc_auc"]["n_resamples_used"] == 200
     assert [row["prevalence"]["value"] for row in data["bayes"]["by_prevalence"]] == [0.108, 0.461, 0.5, 0.2]
     assert data["bayes"]["level"] == "subject"
-    assert set(data["figures"]) == set(FIGURE_FILES)
+    assert set(data["figures"]) == set(BINARY_FIGURES)
 
 
 def test_report_without_training_log_says_so(tmp_path):
@@ -131,8 +134,9 @@ def test_metrics_compare_and_bayes_commands_print_results(tmp_path, capsys):
 
 @pytest.mark.parametrize(
     "command, option",
-    [("metrics", "--out"), ("compare", "--a"), ("bayes", "--prevalence"), ("crossval", "--folds-dir"),
-     ("report", "--explain-dir"), ("explain", "--truth-dir"), ("scan-report", "--force-qc")],
+    [("metrics", "--out"), ("compare", "--a"), ("bayes", "--prevalence"), ("stages", "--atrophy-bins"),
+     ("crossval", "--external-datalist"), ("report", "--external-eval-dir"), ("explain", "--truth-dir"),
+     ("scan-report", "--force-qc")],
 )  # fmt: skip
 def test_every_command_answers_help(command, option):
     result = subprocess.run(

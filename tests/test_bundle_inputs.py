@@ -177,7 +177,9 @@ def test_weights_None_on_the_cli_trains_from_random_weights(trained_from_none):
     assert "r3d_18: random initialisation (--weights none)." in output
     assert "Kinetics" not in output and not any(torch_home.iterdir())  # no load or download was attempted
     names = sorted(p.name for p in (run_dir / "models").iterdir())
-    assert names == ["best_loss_model.pt", "checkpoint_epoch=1.pt", "checkpoint_epoch=2.pt", "model.pt"]
+    expected = ["best_loss_model.pt", "checkpoint_epoch=1.pt", "checkpoint_epoch=2.pt", "model.pt"]
+    expected.append("training_data.json")  # the external-validation record (scripts.external)
+    assert names == expected
 
 
 def test_truncated_newest_epoch_checkpoint_resumes_from_the_previous_one(trained_from_none, dataset):

@@ -66,7 +66,9 @@ def test_training_saves_three_kinds_of_checkpoint(trained):
     models = run_dir / "models"
     # Two per-epoch checkpoints are kept, so a newest one broken by a crash can be skipped when resuming.
     names = sorted(p.name for p in models.iterdir())
-    assert names == ["best_loss_model.pt", "checkpoint_epoch=1.pt", "checkpoint_epoch=2.pt", "model.pt"]
+    expected = ["best_loss_model.pt", "checkpoint_epoch=1.pt", "checkpoint_epoch=2.pt", "model.pt"]
+    expected.append("training_data.json")  # the external-validation record (scripts.external)
+    assert names == expected
     best = torch.load(models / "model.pt", weights_only=True)
     assert best["net.fc.weight"].shape == (2, 512) and best["net.stem.0.weight"].shape == (64, 1, 3, 7, 7)
     epoch = torch.load(models / "checkpoint_epoch=2.pt", weights_only=True)
@@ -93,7 +95,7 @@ def test_evaluating_writes_metrics_and_per_scan_predictions(trained, dataset):
     metrics = json.loads((out_card / "metrics.json").read_text())
     expected_keys = {"accuracy", "balanced_accuracy", "precision", "recall", "sensitivity", "specificity", "f1"}
     assert expected_keys | {"roc_auc", "confusion_matrix", "n"} <= set(metrics)
-    assert metrics["n"] == 2 and metrics["n_AD"] == 1
+    assert metrics["n"] == 2 and metrics["n_AD"] == 1 and metrics["classes"] == ["CN", "AD"]
     assert sum(map(sum, metrics["confusion_matrix"]["rows_true_cols_pred"])) == 2
     with (out_card / "predictions.csv").open() as f:
         rows = list(csv.DictReader(f))
@@ -102,6 +104,7 @@ def test_evaluating_writes_metrics_and_per_scan_predictions(trained, dataset):
     assert [int(r["label"]) for r in rows] == [item["label"] for item in test_items]
     for row in rows:
         assert 0.0 <= float(row["prob_AD"]) <= 1.0
+        assert float(row["prob_CN"]) + float(row["prob_AD"]) == pytest.approx(1.0, abs=1e-5)
         assert int(row["prediction"]) == int(float(row["prob_AD"]) >= 0.5)
     # Both command forms evaluate the same model the same way.
     assert (out_zoo / "predictions.csv").read_text() == (out_card / "predictions.csv").read_text()

@@ -47,7 +47,7 @@ CONFIGS = BUNDLE_ROOT / "configs"
 MULTI_TRAIN = "['configs/train.json','configs/multi_gpu_train.json']"
 STOPPED = re.compile(r"Rank (\d+) of (\d+) stopped training at epoch (\d+) \(iteration (\d+)\)")
 WRITERS = (EpochLogWriter, WandbHandler)
-CHECKPOINT_NAME = re.compile(r"^(model\.pt|best_loss_model\.pt|checkpoint_epoch=\d+\.pt|plan\.json)$")
+CHECKPOINT_NAME = re.compile(r"^(model\.pt|best_loss_model\.pt|checkpoint_epoch=\d+\.pt|(plan|training_data)\.json)$")
 
 
 # ------------------------------------------------------------------------------------------- config structure
@@ -126,6 +126,7 @@ def test_only_the_main_process_attaches_the_writers(tiny, tmp_path, process):
     for saver in ("validate#best_accuracy_saver", "validate#best_loss_saver"):
         assert (parser.get_parsed_content(saver) in attached(evaluator)) is main
     assert (tmp_path / "models" / "plan.json").exists() is main
+    assert (tmp_path / "models" / "training_data.json").exists() is main  # the external-validation record
     assert isinstance(parser.get_parsed_content("train#resume_handler"), ResumeFromLatestCheckpoint)  # every rank
     # Every rank restores the whole training state; DDP's module is what the checkpoint holds.
     assert set(parser.get_parsed_content("train#checkpoint_dict")) == {
@@ -371,7 +372,8 @@ def trained(tiny, tmp_path_factory) -> tuple[Path, str, str]:
     first = torchrun(*train_args(tiny, run_dir, 2))
     models = run_dir / "models"
     assert sorted(p.name for p in models.iterdir()) == [
-        "best_loss_model.pt", "checkpoint_epoch=1.pt", "checkpoint_epoch=2.pt", "model.pt", "plan.json"
+        "best_loss_model.pt", "checkpoint_epoch=1.pt", "checkpoint_epoch=2.pt", "model.pt", "plan.json",
+        "training_data.json",
     ]  # fmt: skip
     check_checkpoints(models)
     second = torchrun(*train_args(tiny, run_dir, 3))

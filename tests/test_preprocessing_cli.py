@@ -170,7 +170,9 @@ def test_interrupted_batch_resumes_without_redoing_finished_scans(batch):
 def test_split_writes_a_balanced_subject_level_datalist_and_folds(batch):
     _, out, _, _ = batch
     result = cli("split", "--out", str(out), "--folds", "3")
-    datalist = json.loads((out / "datalist.json").read_text())
+    written = json.loads((out / "datalist.json").read_text())
+    assert written["classes"] == ["CN", "AD"]  # from the folder's plan.json (run's --classes)
+    datalist = {name: written[name] for name in ("training", "validation", "test")}
     counts = {name: len(items) for name, items in datalist.items()}
     assert counts == {"training": 8, "validation": 2, "test": 2}
     for name, items in datalist.items():

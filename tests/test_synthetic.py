@@ -149,6 +149,9 @@ def test_discovery_finds_every_scan_with_its_group(cohort, cohort_json):
         assert found[scan["image_id"]].group == scan["group"]
         assert found[scan["image_id"]].subject == scan["subject"]
         assert found[scan["image_id"]].dicom_dir is not None
+        # The AD atrophy strength of the scan (0 for CN) travels with it for stage-stratified metrics.
+        assert found[scan["image_id"]].atrophy == scan["nominal"]["disease_hippocampus_loss"]
+        assert (found[scan["image_id"]].atrophy > 0) == (scan["group"] == "AD")
     assert [(s.category, s.image_id) for s in discovery.skipped] == [
         ("not_mprage", next(i for i, b in broken.items() if b["kind"] == "localizer"))
     ]

@@ -72,6 +72,13 @@ def load_trained_model(model_file: str | Path, device: str | torch.device = "cpu
     arch = (guess_architecture(state) if state else None) or "r3d_18"
     fc_weight = state.get("net.fc.weight") if state else None
     num_classes = int(fc_weight.shape[0]) if isinstance(fc_weight, torch.Tensor) else 2
+    if num_classes != 2:
+        from scripts.data import BundleInputError
+
+        # The maps and probabilities here are those of output 1 = AD; in a CN/MCI/AD model output 1 is MCI.
+        raise BundleInputError(
+            f"{model_file} has {num_classes} outputs; explain and scan-report support CN/AD models (2 outputs) only."
+        )
     model = VideoResNetClassifier(arch=arch, weights=None, num_classes=num_classes, trainable="all")
     model.load_state_dict(load_model_weights(model_file, model, map_location="cpu"))
     # Gradients must reach the Grad-CAM layer even where training froze it; nothing here ever steps an optimiser.

@@ -8,6 +8,8 @@ replaced here by one line naming the file, what was expected and the fix.
 - :func:`model_state_dict`: the classifier's state dict inside a checkpoint (flat, or under ``model``).
 - :func:`guess_architecture` / :func:`state_dict_problem`: which video ResNet a state dict holds, what does not fit.
 - :class:`ModelCheckpointLoader`: the evaluator/inference handler replacing MONAI's ``CheckpointLoader``.
+- :func:`model_classes` / :func:`check_model_classes`: the classes a model's outputs mean, and refusing a test
+  datalist with other classes.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from __future__ import annotations
 import functools
 import logging
 import zipfile
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +25,7 @@ import torch
 from ignite.engine import Engine, Events
 from torch import nn
 
-from .data import CLASS_NAMES, BundleInputError
+from .data import BundleInputError, datalist_classes, default_class_names
 
 logger = logging.getLogger(__name__)
 
@@ -132,7 +134,7 @@ def state_dict_problem(state: Mapping[str, Any], network: nn.Module) -> str | No
     if not any(k.startswith("net.") for k in given):
         return (
             f"it holds plain torchvision {arch} video weights without the bundle's 1-channel stem and "
-            f"{len(CLASS_NAMES)}-class head (use such a file as --weights <path> for training)"
+            f"class head (use such a file as --weights <path> for training)"
         )
     head, own_head = given.get("net.fc.weight"), own.get("net.fc.weight")
     if head is not None and own_head is not None and head[0] != own_head[0]:
@@ -206,3 +208,52 @@ class ModelCheckpointLoader:
         getattr(self.network, "module", self.network).load_state_dict(self._state)
         self._state = None  # do not keep a second copy of the weights for the whole run
         logger.info(f"Restored the model from {self.load_path}")
+
+
+def head_size(path: str | Path) -> int | None:
+    """Outputs of the classifier head in a model file (``net.fc.weight`` rows); None when it cannot be read.
+
+    A file that cannot be read is left to :class:`ModelCheckpointLoader`, which names what is wrong with it.
+    """
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)  # mmap: the head only
+        state = model_state_dict(checkpoint, path, "a model")
+    except (Exception, BundleInputError):  # a broken or foreign file: the loader reports it, in its words
+        return None
+    head = state.get("net.fc.weight")
+    return int(head.shape[0]) if isinstance(head, torch.Tensor) and head.ndim == 2 else None
+
+
+def model_classes(model_file: str | Path, plan: Mapping[str, Any] | None = None) -> list[str]:
+    """The classes a model's outputs mean, in output order.
+
+    From the model's plan (``plan``, else ``<model folder>/plan.json``) when it names them; else the size of the
+    head in ``model_file`` gives the default names for that many classes (CN, AD; CN, MCI, AD); else CN, AD (no
+    model yet, e.g. while a workflow is only being checked).
+    """
+    from .plan import PLAN_NAME, plan_classes, read_plan
+
+    if plan is None:
+        plan = read_plan(Path(model_file).parent / PLAN_NAME)
+    if plan is not None and "classes" in plan:
+        return plan_classes(plan)
+    size = head_size(model_file) if Path(model_file).is_file() else None
+    return default_class_names(size) if size and size >= 2 else default_class_names(2)
+
+
+def check_model_classes(model_file: str | Path, datalist: str | Path, classes: Sequence[str] | None = None) -> None:
+    """Refuse, in one line naming both, a test datalist whose classes are not the ones the model was trained for.
+
+    ``classes``: the datalist's classes when already known (the configs' ``class_names``). A missing model file is
+    left to :func:`scripts.evaluation.require_trained_model`.
+    """
+    if not Path(model_file).is_file():
+        return
+    wanted = list(classes) if classes is not None else datalist_classes(datalist)
+    trained = model_classes(model_file)
+    if trained != wanted:
+        raise BundleInputError(
+            f"the model {model_file} was trained for the classes {', '.join(trained)}, but the datalist {datalist} "
+            f"holds {', '.join(wanted)}: evaluate it on a datalist made with its classes, or pass the --ckpt_dir of "
+            f"a model trained for {', '.join(wanted)}."
+        )

@@ -1,14 +1,16 @@
 """Cohort building: balancing AD against CN, subject-level splits and folds, split summaries, datalist writing.
 
 This reproduces the dissertation's data split (report 4.1.3-4.3, notes "splitting the data"): every AD scan is kept
-and CN scans are drawn round-robin over CN subjects until the classes are equal; then, per condition, subjects sorted
+and CN scans are drawn round-robin over CN subjects until the classes are equal (with a class list such as CN, MCI,
+AD: every scan of the last class, each other class drawn the same way); then, per condition, subjects sorted
 by ascending scan count are dealt round-robin to test, validation and training until each reaches its target scan
 count. Small subjects go first so that the held-out sets, which fill up quickly, end up with many different people
 rather than a few people with many visits.
 
-A scan is a mapping with at least ``image``, ``label`` (0 CN, 1 AD), ``subject`` and ``image_id``. Other keys are
-carried through unchanged. Every function returns new dicts (shallow copies) so callers can edit the result without
-touching their input, and every result depends only on the set of scans and the seed, not on the input order.
+A scan is a mapping with at least ``image``, ``label`` (its class's index in the class list: 0 CN, 1 AD by default),
+``subject`` and ``image_id``. Other keys are carried through unchanged. Every function returns new dicts (shallow
+copies) so callers can edit the result without touching their input, and every result depends only on the set of
+scans and the seed, not on the input order.
 
 Decisions the dissertation leaves open, made here once for all functions:
 
@@ -24,7 +26,7 @@ Decisions the dissertation leaves open, made here once for all functions:
   adding a CN subject does not reshuffle the AD split.
 * A subject's scans are ordered by ``date`` when present (ISO 8601 text, so it sorts chronologically), then by
   ``image_id`` compared with digit runs as numbers (ADNI's ``I99`` before ``I100``).
-* A subject with both AD and CN scans (an ADNI converter) is refused: dealing per condition would place that person
+* A subject with scans of two classes (an ADNI converter) is refused: dealing per condition would place that person
   in two partitions, which is exactly the leakage this module exists to prevent.
 
 The rules above are implemented in :mod:`scripts.cohort_rules`, the summaries and the datalist writer in
@@ -51,6 +53,7 @@ from .cohort_rules import (
     _canonical_key,
     _check_seed,
     _checked_fractions,
+    _class_list,
     _deal,
     _groups,
     _label,
@@ -76,62 +79,80 @@ from .data import PARTITIONS, check_no_subject_leakage
 
 
 class CohortImbalanceWarning(UserWarning):
-    """There are fewer CN scans than AD scans, so the balanced cohort is still AD-heavy."""
+    """A class has fewer scans than the reference class (AD), so the balanced cohort is still AD-heavy."""
 
 
 # ---------------------------------------------------------------------------------------------------------------------
 # Public API
 
 
-def balance_cohort(scans: Iterable[Mapping[str, Any]], seed: int = 0) -> list[Scan]:
-    """Keep every AD scan and as many CN scans, taken round-robin over CN subjects.
+def balance_cohort(
+    scans: Iterable[Mapping[str, Any]], seed: int = 0, classes: Sequence[str] | None = None
+) -> list[Scan]:
+    """Keep every scan of the reference class (the last of ``classes``: AD) and as many of each other class, taken
+    round-robin over that class's subjects.
 
-    Each round takes one scan from every CN subject that still has one (its earliest remaining scan), subjects in a
-    seeded order, and stops as soon as CN equals AD. This keeps the largest possible number of distinct CN people,
-    which is what the dissertation wanted from "as many subjects as possible" and matters more for generalisation
-    than extra visits of the same people.
+    ``classes`` is the class list the labels index (default ``["CN", "AD"]``; ``["CN", "MCI", "AD"]`` for three
+    classes). For each other class, each round takes one scan from every subject of the class that still has one (its
+    earliest remaining scan), subjects in a seeded order, and stops as soon as the class has as many scans as the
+    reference. This keeps the largest possible number of distinct people, which is what the dissertation wanted from
+    "as many subjects as possible" and matters more for generalisation than extra visits of the same people.
 
-    AD is never dropped: AD was the scarce class the dissertation collected everything of. If CN has fewer scans
-    than AD, all CN scans are kept and a :class:`CohortImbalanceWarning` says so; the residual imbalance is left to
-    the class-weighted loss rather than thrown away silently. Balancing a cohort without any AD scan would discard
-    every CN scan, which is refused as a ValueError since it almost surely means a wrong label column.
+    The reference class is never dropped: AD was the scarce class the dissertation collected everything of. If a
+    class has fewer scans than the reference, all its scans are kept and a :class:`CohortImbalanceWarning` says so;
+    the residual imbalance is left to the class-weighted loss rather than thrown away silently. Balancing a cohort
+    without any reference scan would discard every other scan, which is refused as a ValueError since it almost
+    surely means a wrong label column.
 
     Returns shallow copies of the kept scans in canonical order (label, subject, scan order).
     """
     _check_seed(seed)
-    cohort = _validated(scans)
+    classes = _class_list(classes)
+    cohort = _validated(scans, classes)
     if not cohort:
         return []
-    ad = [scan for scan in cohort if _label(scan) == 1]
-    cn_groups = _groups(cohort, 0)
-    n_cn = sum(len(group) for group in cn_groups.values())
-    if not ad:
-        raise ValueError(f"No AD scans among {len(cohort)} scans; balancing would drop every CN scan.")
-    if n_cn <= len(ad):
-        if n_cn < len(ad):
-            warnings.warn(
-                f"Only {n_cn} CN scans for {len(ad)} AD scans: keeping all scans of both classes, the cohort stays "
-                f"AD-heavy (AD is never dropped).",
-                CohortImbalanceWarning,
-                stacklevel=2,
-            )
-        return cohort
-
-    subject_order = _seeded_subject_order(cn_groups, seed, 0)
-    picked: list[Scan] = []
-    visit = 0
-    while len(picked) < len(ad):  # terminates: there are more CN scans than AD scans
-        for subject in subject_order:
-            if visit < len(cn_groups[subject]):
-                picked.append(cn_groups[subject][visit])
-                if len(picked) == len(ad):
-                    break
-        visit += 1
-    return sorted(ad + picked, key=_canonical_key)
+    reference = len(classes) - 1
+    kept = [scan for scan in cohort if _label(scan) == reference]
+    if not kept:
+        others = "CN scan" if len(classes) == 2 else f"scan of {', '.join(classes[:-1])}"
+        raise ValueError(
+            f"No {classes[reference]} scans among {len(cohort)} scans; balancing would drop every {others}."
+        )
+    target = len(kept)
+    for label in range(reference):
+        groups = _groups(cohort, label)
+        available = sum(len(group) for group in groups.values())
+        if available <= target:
+            if available < target:
+                both = "both classes" if len(classes) == 2 else f"{classes[label]}"
+                warnings.warn(
+                    f"Only {available} {classes[label]} scans for {target} {classes[reference]} scans: keeping all "
+                    f"scans of {both}, the cohort stays {classes[reference]}-heavy ({classes[reference]} is never "
+                    f"dropped).",
+                    CohortImbalanceWarning,
+                    stacklevel=2,
+                )
+            kept += [scan for group in groups.values() for scan in group]
+            continue
+        subject_order = _seeded_subject_order(groups, seed, label)
+        picked: list[Scan] = []
+        visit = 0
+        while len(picked) < target:  # terminates: the class has more scans than the target
+            for subject in subject_order:
+                if visit < len(groups[subject]):
+                    picked.append(groups[subject][visit])
+                    if len(picked) == target:
+                        break
+            visit += 1
+        kept += picked
+    return sorted(kept, key=_canonical_key)
 
 
 def split_subjects(
-    scans: Iterable[Mapping[str, Any]], fractions: Sequence[float] = DEFAULT_FRACTIONS, seed: int = 0
+    scans: Iterable[Mapping[str, Any]],
+    fractions: Sequence[float] = DEFAULT_FRACTIONS,
+    seed: int = 0,
+    classes: Sequence[str] | None = None,
 ) -> dict[str, list[Scan]]:
     """Subject-level train/validation/test split with the dissertation's round-robin (report 4.3.2).
 
@@ -139,13 +160,13 @@ def split_subjects(
     sorted by ascending scan count (ties by seed) are dealt to test, validation, training, test, ... skipping a
     partition once its scan count reaches its target; see the module docstring for rounding and overshoot. Every
     scan is placed exactly once and a subject is never split; the leakage check runs anyway so that a future change
-    to this code cannot quietly break that promise.
+    to this code cannot quietly break that promise. Labels must index ``classes`` (default ``["CN", "AD"]``).
 
     Returns ``{"training": [...], "validation": [...], "test": [...]}`` of shallow copies in canonical order.
     """
     _check_seed(seed)
     shares = _checked_fractions(fractions)
-    cohort = _validated(scans)
+    cohort = _validated(scans, classes)
     partition_of: dict[str, str] = {}
     for label in sorted({_label(scan) for scan in cohort}):
         groups = _groups(cohort, label)
@@ -167,7 +188,11 @@ def split_subjects(
 
 
 def kfold_datalists(
-    scans: Iterable[Mapping[str, Any]], k: int = 3, val_fraction: float = 0.1, seed: int = 0
+    scans: Iterable[Mapping[str, Any]],
+    k: int = 3,
+    val_fraction: float = 0.1,
+    seed: int = 0,
+    classes: Sequence[str] | None = None,
 ) -> list[dict[str, list[Scan]]]:
     """``k`` subject-level folds; datalist ``i`` tests on fold ``i`` and trains/validates on the other folds.
 
@@ -179,14 +204,14 @@ def kfold_datalists(
     it is capped at what the remaining folds hold. Each scan is in exactly one test fold.
 
     A condition with fewer subjects than folds leaves some test folds without that condition; fewer subjects than
-    folds overall would leave a test fold empty and is refused.
+    folds overall would leave a test fold empty and is refused. Labels must index ``classes`` (default CN, AD).
     """
     _check_seed(seed)
     if isinstance(k, bool) or not isinstance(k, int | np.integer) or k < 2:
         raise ValueError(f"k must be an integer >= 2, got {k!r}.")
     if not math.isfinite(val_fraction) or not 0 <= val_fraction < 1:
         raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction!r}.")
-    cohort = _validated(scans)
+    cohort = _validated(scans, classes)
     n_subjects = len({_subject(scan) for scan in cohort})
     if n_subjects < k:
         raise ValueError(

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from .data import PARTITIONS
+from .data import DEFAULT_CLASSES, PARTITIONS, class_list_problem
 
 REQUIRED_KEYS = ("image", "label", "subject", "image_id")
 DEFAULT_FRACTIONS = (0.8, 0.1, 0.1)  # training, validation, test, in the order of PARTITIONS
@@ -57,11 +57,28 @@ def _canonical_key(scan: Mapping[str, Any]) -> tuple:
     return (_label(scan), _natural_key(subject), subject, _scan_order_key(scan))
 
 
-def _validated(scans: Iterable[Mapping[str, Any]]) -> list[Scan]:
+def _class_list(classes: Sequence[str] | None) -> list[str]:
+    """The class list a cohort's labels index (``["CN", "AD"]`` for None); a malformed list is a ValueError."""
+    classes = list(DEFAULT_CLASSES if classes is None else classes)
+    problem = class_list_problem(classes)
+    if problem:
+        raise ValueError(f"classes {problem}.")
+    return classes
+
+
+def _label_choices(classes: Sequence[str]) -> str:
+    """``0 (CN) or 1 (AD)``; ``0 (CN), 1 (MCI) or 2 (AD)``."""
+    named = [f"{index} ({name})" for index, name in enumerate(classes)]
+    return f"{', '.join(named[:-1])} or {named[-1]}"
+
+
+def _validated(scans: Iterable[Mapping[str, Any]], classes: Sequence[str] | None = None) -> list[Scan]:
     """Copies of ``scans`` in canonical order, after refusing input that would make a split meaningless.
 
-    Sorting here is what makes every public function independent of the order the scans were listed in.
+    A label must index ``classes`` (default ``["CN", "AD"]``). Sorting here is what makes every public function
+    independent of the order the scans were listed in.
     """
+    classes = _class_list(classes)
     copies: list[Scan] = []
     for scan in scans:
         if not isinstance(scan, Mapping):
@@ -69,8 +86,11 @@ def _validated(scans: Iterable[Mapping[str, Any]]) -> list[Scan]:
         missing = [key for key in REQUIRED_KEYS if key not in scan]
         if missing:
             raise ValueError(f"Scan {dict(scan)} lacks required key(s) {missing}; every scan needs {REQUIRED_KEYS}.")
-        if isinstance(scan["label"], str) or scan["label"] not in (0, 1):
-            raise ValueError(f"Scan {scan['image_id']} has label {scan['label']!r}; expected 0 (CN) or 1 (AD).")
+        if isinstance(scan["label"], str) or scan["label"] not in range(len(classes)):
+            raise ValueError(
+                f"Scan {scan['image_id']} has label {scan['label']!r}; expected {_label_choices(classes)} "
+                f"(classes {', '.join(classes)})."
+            )
         copies.append(dict(scan))
 
     seen: dict[str, Scan] = {}
@@ -87,9 +107,15 @@ def _validated(scans: Iterable[Mapping[str, Any]]) -> list[Scan]:
         raise ValueError(f"Duplicate image_id(s): {', '.join(sorted(duplicates))}; each scan may appear only once.")
     mixed = sorted(subject for subject, labels in labels_of.items() if len(labels) > 1)
     if mixed:
+        if len(classes) == 2:
+            which = f"both {classes[1]} and {classes[0]} scans: {', '.join(mixed)}"
+        else:
+            which = "scans of more than one class: " + ", ".join(
+                f"{subject} ({', '.join(classes[label] for label in sorted(labels_of[subject]))})" for subject in mixed
+            )
         raise ValueError(
-            f"Subject(s) with both AD and CN scans: {', '.join(mixed)}. Assign each subject one diagnosis (or drop "
-            f"the subject) first, otherwise the per-condition split would put one person in two partitions."
+            f"Subject(s) with {which}. Assign each subject one diagnosis (or drop the subject) first, otherwise the "
+            f"per-condition split would put one person in two partitions."
         )
     return sorted(copies, key=_canonical_key)
 

@@ -1,4 +1,9 @@
-"""Datalist handling: validating and reading partitions, refusing subject leakage, class weights for the loss."""
+"""Datalist handling: validating and reading partitions, refusing subject leakage, class weights for the loss.
+
+A datalist holds the partitions and, beside them, its ``classes`` (ordered by disease stage; a label is an index
+into it; ``["CN", "AD"]`` when absent) and optionally ``clinical`` stage measures per image id. Both stay out of the
+partition entries on purpose: entries with and without a key, or with null, break torch's collate.
+"""
 
 from __future__ import annotations
 
@@ -12,7 +17,11 @@ import torch
 from monai.data import load_decathlon_datalist
 
 PARTITIONS = ("training", "validation", "test")
-CLASS_NAMES = ("CN", "AD")  # label 0 and label 1
+#: The classes of a datalist, plan or model that names none: label 0 is CN, label 1 AD (the dissertation's task).
+DEFAULT_CLASSES = ("CN", "AD")
+CLASS_NAMES = DEFAULT_CLASSES  # the older name, still imported
+# Class lists ordered by disease stage, known by their length: the names of a model that recorded only its head size.
+_CLASS_LISTS_BY_SIZE = {2: DEFAULT_CLASSES, 3: ("CN", "MCI", "AD")}
 
 
 class BundleInputError(SystemExit):
@@ -61,11 +70,52 @@ def read_datalist(path: str | Path) -> dict[str, list[dict]]:
     return datalist
 
 
-def label_meaning(num_classes: int = 2) -> str:
-    """``0=CN, 1=AD``: the label convention, as messages spell it."""
-    if num_classes == len(CLASS_NAMES):
-        return ", ".join(f"{i}={name}" for i, name in enumerate(CLASS_NAMES))
-    return f"0 to {num_classes - 1}"
+def default_class_names(num_classes: int) -> list[str]:
+    """Names for a ``num_classes``-output model that recorded none: CN/AD, CN/MCI/AD, else ``class0``, ``class1``..."""
+    known = _CLASS_LISTS_BY_SIZE.get(int(num_classes))
+    return list(known) if known else [f"class{i}" for i in range(int(num_classes))]
+
+
+def class_list_problem(classes: Any) -> str | None:
+    """Why ``classes`` is not a class list (two or more distinct non-empty names), in words; None when it is one."""
+    if not isinstance(classes, list | tuple) or len(classes) < 2:
+        return f"must list two or more class names ordered by disease stage (e.g. ['CN', 'AD']), not {classes!r}"
+    if not all(isinstance(name, str) and name.strip() for name in classes):
+        return f"must hold non-empty class names (text), got {list(classes)!r}"
+    if len(set(classes)) != len(classes):
+        return f"names a class twice: {list(classes)!r}"
+    return None
+
+
+def datalist_classes(datalist: str | Path | Mapping[str, Any]) -> list[str]:
+    """The ``classes`` of a datalist (its labels index them); ``["CN", "AD"]`` when it has none (older datalists).
+
+    A file that cannot be read as a datalist also gives the default: the configs ask for the classes before
+    :func:`validate_datalist` runs, and that check reports such a file in its own words. A ``classes`` entry that
+    is not a list of distinct names is refused with :class:`BundleInputError`.
+    """
+    if isinstance(datalist, Mapping):
+        return _checked_classes(datalist, "the datalist")
+    try:
+        return _checked_classes(read_datalist(datalist), str(datalist))
+    except (FileNotFoundError, DatalistError):
+        return list(DEFAULT_CLASSES)
+
+
+def _checked_classes(datalist: Mapping[str, Any], source: str) -> list[str]:
+    classes = datalist.get("classes")
+    if classes is None:
+        return list(DEFAULT_CLASSES)
+    problem = class_list_problem(classes)
+    if problem:
+        raise BundleInputError(f"the 'classes' of {source} {problem}; fix the file or rerun 'preprocessing split'.")
+    return list(classes)
+
+
+def label_meaning(classes: int | Sequence[str] = DEFAULT_CLASSES) -> str:
+    """``0=CN, 1=AD``: the label convention of a class list (or of a class count), as messages spell it."""
+    names = default_class_names(classes) if isinstance(classes, int) else list(classes)
+    return ", ".join(f"{i}={name}" for i, name in enumerate(names))
 
 
 def datalist_problems(
@@ -78,10 +128,24 @@ def datalist_problems(
     """Every problem of a parsed datalist, one sentence each naming partition, entry index and image; [] if none.
 
     ``require``: partitions that must exist with entries and whose images must exist under ``dataset_dir``. Other
-    partitions present are checked for labels and subjects only (a test set may be empty while training).
+    partitions present are checked for labels and subjects only (a test set may be empty while training). Labels
+    index the datalist's ``classes`` (:func:`datalist_classes`), whose count must equal ``num_classes``.
     """
+    try:
+        classes = _checked_classes(datalist, source)
+    except BundleInputError as err:
+        return [err.message]
+    if num_classes != len(classes):
+        # The head size follows the datalist's classes; an --num_classes override that contradicts them would train
+        # or evaluate a head whose outputs mean nothing the labels say.
+        listed = "lists" if "classes" in datalist else "has no 'classes' list, so it holds the default"
+        return [
+            f"{source} {listed} {len(classes)} classes ({label_meaning(classes)}) but num_classes is {num_classes}; "
+            f"drop --num_classes (it follows the datalist's 'classes'), or use a datalist made for {num_classes} "
+            f"classes ('preprocessing split' writes the class list of its plan)."
+        ]
     problems: list[str] = []
-    meaning = label_meaning(num_classes)
+    meaning = label_meaning(classes)
     found = [p for p in PARTITIONS if p in datalist]
     for partition in require:
         if partition not in datalist:
@@ -119,7 +183,7 @@ def datalist_problems(
     if "training" in require and isinstance(training, list) and training and not problems:
         present = {entry["label"] for entry in training}
         if len(present) < num_classes:
-            names = ", ".join(f"{_class_name(c, num_classes)} (label {c})" for c in sorted(present))
+            names = ", ".join(f"{classes[c]} (label {c})" for c in sorted(present))
             problems.append(
                 f"the 'training' partition of {source} holds only {names} scans; training needs every class "
                 f"({meaning})."
@@ -204,7 +268,3 @@ def class_weights(items: Iterable[Mapping], num_classes: int = 2, device: str | 
         raise ValueError("Cannot compute class weights from an empty training partition.")
     weights = [total / (num_classes * counts[c]) if counts[c] else 1.0 for c in range(num_classes)]
     return torch.tensor(weights, dtype=torch.float32, device=device)
-
-
-def _class_name(label: int, num_classes: int) -> str:
-    return CLASS_NAMES[label] if num_classes == len(CLASS_NAMES) else f"class {label}"

@@ -21,16 +21,23 @@ import torch
 from ignite.engine import Engine, Events
 from monai.data import MetaTensor
 
-from scripts.data import CLASS_NAMES
+from scripts.data import DEFAULT_CLASSES
 
 logger = logging.getLogger(__name__)
 
 #: File names inference picks up in a folder: NIfTI and FreeSurfer volumes (DICOM must be converted first).
 VOLUME_PATTERNS = ("*.nii", "*.nii.gz", "*.mgz", "*.mgh")
-PREDICTION_COLUMNS = ["image_id", "file", "status", "qc_status", "qc_reasons", "error"] + [
-    f"prob_{name}" for name in CLASS_NAMES
-] + ["prediction"]  # fmt: skip
 _META_KEYS = ("file", "image_id", "status", "qc_status", "qc_reasons", "error")
+
+
+def prediction_columns(classes: Sequence[str] = DEFAULT_CLASSES) -> list[str]:
+    """The header of inference's predictions.csv: ids, status, QC, ``prob_<class>`` per class, ``prediction``."""
+    return ["image_id", "file", "status", "qc_status", "qc_reasons", "error"] + [
+        f"prob_{name}" for name in classes
+    ] + ["prediction"]  # fmt: skip
+
+
+PREDICTION_COLUMNS = prediction_columns()
 
 
 def image_id_of(path: str | Path) -> str:
@@ -120,11 +127,16 @@ class GuardedPreprocessing:
 class PredictionTable:
     """Write ``predictions.csv`` (header, one row per file: image id, file, status, QC, probabilities).
 
-    Rows of files that were not predicted have empty probabilities, so none is lost from the table.
+    Rows of files that were not predicted have empty probabilities, so none is lost from the table. ``classes``: the
+    model's classes in output order (``prob_<class>`` columns; ``prediction`` is the most probable class's name).
     """
 
-    def __init__(self, output_dir: str | Path, filename: str = "predictions.csv") -> None:
+    def __init__(
+        self, output_dir: str | Path, filename: str = "predictions.csv", classes: Sequence[str] | None = None
+    ) -> None:
         self.path = Path(output_dir) / filename
+        self.classes = list(classes) if classes is not None else list(DEFAULT_CLASSES)
+        self.columns = prediction_columns(self.classes)
         self.rows: list[dict[str, Any]] = []
 
     def attach(self, engine: Engine) -> None:
@@ -140,8 +152,8 @@ class PredictionTable:
             row = {key: _text(item.get(key)) for key in _META_KEYS}
             if row["status"] in ("ok", ""):
                 probs = torch.as_tensor(out["pred"]).detach().float().cpu().flatten().tolist()
-                row.update({f"prob_{name}": f"{p:.6f}" for name, p in zip(CLASS_NAMES, probs, strict=True)})
-                row["prediction"] = CLASS_NAMES[int(max(range(len(probs)), key=probs.__getitem__))]
+                row.update({f"prob_{name}": f"{p:.6f}" for name, p in zip(self.classes, probs, strict=True)})
+                row["prediction"] = self.classes[int(max(range(len(probs)), key=probs.__getitem__))]
                 row["status"] = "ok"
             self.rows.append(row)
 
@@ -149,9 +161,9 @@ class PredictionTable:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", dir=self.path.parent)
         with os.fdopen(fd, "w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=PREDICTION_COLUMNS, lineterminator="\n")
+            writer = csv.DictWriter(f, fieldnames=self.columns, lineterminator="\n")
             writer.writeheader()
-            writer.writerows({k: row.get(k, "") for k in PREDICTION_COLUMNS} for row in self.rows)
+            writer.writerows({k: row.get(k, "") for k in self.columns} for row in self.rows)
         os.replace(tmp, self.path)
         bad = [row for row in self.rows if row["status"] != "ok"]
         logger.info(f"Predictions for {len(self.rows) - len(bad)} of {len(self.rows)} files: {self.path}")

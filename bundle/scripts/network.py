@@ -1,7 +1,7 @@
 """Video-pretrained 3D ResNets adapted to single-channel MRI (dissertation 4.5).
 
 torchvision's video ResNets (r3d_18, and the alternatives mc3_18 and r2plus1d_18) are built by torchvision itself;
-this module only adapts them: a 1-channel stem whose kernel is the sum of the pretrained RGB kernels, a 2-class head,
+this module only adapts them: a 1-channel stem whose kernel is the sum of the pretrained RGB kernels, a new head,
 and layer freezing chosen by name.
 """
 
@@ -141,7 +141,7 @@ class VideoResNetClassifier(nn.Module):
             checkpoint of the same architecture (400-class RGB video weights, or this classifier's own state dict),
             or ``None`` / ``"none"`` / ``"null"`` for random initialisation.
         in_channels: input channels of the volume (1 for T1).
-        num_classes: outputs of the new head (2: CN=0, AD=1).
+        num_classes: outputs of the new head, one per class of the datalist (2: CN=0, AD=1; 3: CN, MCI, AD).
         trainable: ``"fc"``, ``"layer4+fc"`` (default, as in the dissertation) or ``"all"``.
 
     The input is ``(B, C, D, H, W)``; torchvision reads the depth axis as video time, which the 3D convolutions of

@@ -20,10 +20,12 @@ import os
 import platform
 import tempfile
 import warnings
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from importlib import metadata
 from pathlib import Path
 from typing import Any
+
+from .data import DEFAULT_CLASSES, class_list_problem
 
 logger = logging.getLogger(__name__)
 
@@ -105,8 +107,14 @@ def build_plan(
     overrides: Mapping[str, Any] | None = None,
     qc_thresholds: Mapping[str, Any] | None = None,
     config_file: str | Path | None = None,
+    classes: Sequence[str] | None = None,
 ) -> dict[str, Any]:
-    """The plan of a preprocessing run: resolved settings, QC thresholds, weights hash, chain and versions."""
+    """The plan of a preprocessing run: resolved settings, QC thresholds, weights hash, chain, versions and the
+    class list its labels index (``classes``, default CN, AD)."""
+    classes = list(classes or DEFAULT_CLASSES)
+    problem = class_list_problem(classes)
+    if problem:
+        raise PlanError(f"the class list {problem}")
     settings = resolve_settings(overrides, config_file)
     weights = None
     if settings.get("skull_stripper") == "synthstrip":
@@ -129,7 +137,19 @@ def build_plan(
         "qc": qc,
         "chain": chain,
         "versions": _versions(),
+        "classes": classes,
     }
+
+
+def plan_classes(plan: Mapping[str, Any] | None) -> list[str]:
+    """The class list of a plan (its labels index it); ``["CN", "AD"]`` for no plan or a plan made before classes."""
+    classes = plan.get("classes") if isinstance(plan, Mapping) else None
+    if classes is None:
+        return list(DEFAULT_CLASSES)
+    problem = class_list_problem(classes)
+    if problem:
+        raise PlanError(f"the 'classes' of the plan {problem}; rerun 'python -m preprocessing run'")
+    return list(classes)
 
 
 def read_plan(path: str | Path) -> dict[str, Any] | None:
@@ -171,7 +191,8 @@ def _atomic_write_json(data: Mapping, path: Path) -> Path:
 
 
 def write_plan(plan: Mapping[str, Any], folder: str | Path) -> Path:
-    """Write ``<folder>/plan.json``; refuse when the folder already holds volumes made with other settings."""
+    """Write ``<folder>/plan.json``; refuse when the folder already holds volumes made with other settings or
+    labelled with another class list."""
     path = Path(folder) / PLAN_NAME
     old = read_plan(path)
     if old is not None:
@@ -180,6 +201,13 @@ def write_plan(plan: Mapping[str, Any], folder: str | Path) -> Path:
             raise PlanError(
                 f"{folder} already holds volumes made with other settings ({'; '.join(changed)} in {path} vs now). "
                 f"Mixing them would give one dataset two grids: use another --out, or the settings of {path}"
+            )
+        before, now = plan_classes(old), plan_classes(plan)
+        if before != now:
+            # Labels are indices into the class list: label 1 would mean AD in one part of the manifest, MCI in another.
+            raise PlanError(
+                f"{folder} already holds scans labelled with the classes {', '.join(before)} ({path}), not "
+                f"{', '.join(now)}: use another --out, or the classes of {path}"
             )
     return _atomic_write_json(plan, path)
 
@@ -261,11 +289,16 @@ class PlanState:
 
     Copies ``<dataset_dir>/plan.json`` into ``ckpt_dir`` on :meth:`copy_to_ckpt_dir`; on resume, a checkpoint whose
     plan contradicts the dataset's is refused (resuming on volumes made differently would mix two grids).
+    ``classes``, the training datalist's class list, must be the plan's; a plan made before plans named classes
+    gets them in the copy, so that the model records what its outputs mean.
     """
 
-    def __init__(self, dataset_dir: str | Path, ckpt_dir: str | Path) -> None:
+    def __init__(self, dataset_dir: str | Path, ckpt_dir: str | Path, classes: Sequence[str] | None = None) -> None:
         self.dataset_dir, self.ckpt_dir = Path(dataset_dir), Path(ckpt_dir)
         self.plan = read_plan(self.dataset_dir)
+        self.classes = list(classes) if classes is not None else None
+        if self.plan is not None and self.classes is not None and "classes" not in self.plan:
+            self.plan["classes"] = list(self.classes)
 
     def copy_to_ckpt_dir(self) -> Path | None:
         if self.plan is None:
@@ -274,8 +307,19 @@ class PlanState:
                 f"(make the data with 'python -m preprocessing run', which writes it)."
             )
             return None
+        if self.classes is not None and plan_classes(self.plan) != self.classes:
+            raise PlanError(
+                f"the datalist's classes {', '.join(self.classes)} are not those of {self.dataset_dir / PLAN_NAME} "
+                f"({', '.join(plan_classes(self.plan))}): make the datalist with 'python -m preprocessing split' "
+                f"from this plan's data, or train on the data its classes were made for"
+            )
         target = self.ckpt_dir / PLAN_NAME
         old = read_plan(target)
+        if old is not None and plan_classes(old) != plan_classes(self.plan):
+            raise PlanError(
+                f"{target} belongs to a model trained for the classes {', '.join(plan_classes(old))}, not "
+                f"{', '.join(plan_classes(self.plan))}; use another --ckpt_dir"
+            )
         if old is not None and differences(old["settings"], self.plan["settings"]):
             raise PlanError(
                 f"{target} belongs to a model trained on other volumes "
@@ -290,6 +334,8 @@ class PlanState:
         stored = json.loads(state["plan"]) if state.get("plan") else None
         if stored is not None and self.plan is not None:
             changed = differences(stored["settings"], self.plan["settings"])
+            if plan_classes(stored) != plan_classes(self.plan):
+                changed.append(f"classes {plan_classes(stored)} vs {plan_classes(self.plan)}")
             if changed:
                 raise PlanError(
                     f"the checkpoint in {self.ckpt_dir} was trained on volumes made with other settings "

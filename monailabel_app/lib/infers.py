@@ -9,7 +9,7 @@ config, parsed with MONAI's ``ConfigParser``:
   the model's plan (``<model_dir>/plan.json``) and its quality control, on the raw T1 scan;
 - ``network_def`` with the weights read and checked by ``scripts.checkpoints.load_model_weights``;
 - ``inferer`` and ``postprocessing`` (softmax);
-- the class names of ``metadata.json`` (``network_data_format.outputs.pred.channel_def``).
+- the class names of the model (``class_names``: its plan's class list, else CN/AD or CN/MCI/AD by head size).
 
 So a scan gets the probabilities that ``python -m monai.bundle run --config_file configs/inference.json`` writes to
 ``predictions.csv``. A scan the bundle would not predict (unreadable, or refused by QC) answers HTTP 422 with the
@@ -116,9 +116,10 @@ class BundleClassificationInfer(BasicInferTask):
 
         meta = self.bundle_config.get("_meta_", {})
         self.key_image = next(iter(meta["network_data_format"]["inputs"]))
-        self.key_pred, pred = next(iter(meta["network_data_format"]["outputs"].items()))
-        channels = sorted(pred["channel_def"].items(), key=lambda kv: int(kv[0]))
-        self.class_names = [name for _, name in channels]
+        self.key_pred = next(iter(meta["network_data_format"]["outputs"]))
+        # The model's classes (its plan, else its head size), as the bundle's inference names its columns; the
+        # channel_def of metadata.json describes the default two-class model only.
+        self.class_names = list(self.bundle_config.get_parsed_content("class_names"))
         self.version = meta.get("version")
         self._preprocessing: Compose | None = None
         self._preprocessing_stamp: tuple[float | None, ...] = ()
@@ -126,7 +127,7 @@ class BundleClassificationInfer(BasicInferTask):
             path=str(self.model_file),
             network=self.bundle_config.get_parsed_content("network_def"),
             type=InferType.CLASSIFICATION,
-            labels={name: int(index) for index, name in channels},
+            labels={name: index for index, name in enumerate(self.class_names)},
             dimension=3,
             description=f"{meta.get('name', 'bundle')} {self.version}: {meta.get('task', '')}".strip(),
             input_key=self.key_image,

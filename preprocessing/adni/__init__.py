@@ -14,6 +14,9 @@ give ``Group = Patient`` for every row; a label table by subject (ADNIMERGE's ``
 ``subject,label`` CSV) then supplies the diagnosis and overrides ``Group``. Processed IDA exports (``MPR; GradWarp;
 B1 Correction``, ``MT1; N3m``, ...) are selected with the ``adni-processed`` entry of :data:`SERIES_PRESETS`.
 
+Discovery keeps the diagnoses of a class list (``CN,AD`` by default, or ``CN,MCI,AD`` with EMCI/LMCI as MCI; see
+:func:`parse_classes`); other cohorts (BIDS, OASIS) are read by :mod:`preprocessing.cohorts` into the same records.
+
 The package's modules: :mod:`.series` (series selection), :mod:`.records` (what discovery produces),
 :mod:`.collection` (the collection CSV, joined with the download's folders as matched by :mod:`.folders`),
 :mod:`.nifti` (a folder of NIfTI files) and :mod:`.report` (summary, hints and the report file).
@@ -21,7 +24,20 @@ The package's modules: :mod:`.series` (series selection), :mod:`.records` (what 
 
 from preprocessing.adni.collection import discover_adni
 from preprocessing.adni.nifti import discover_nifti
-from preprocessing.adni.records import EXCLUDED_GROUPS, LABELS, NIFTI_SUFFIXES, Discovery, Scan, Skipped
+from preprocessing.adni.records import (
+    DEFAULT_CLASSES,
+    EXCLUDED_GROUPS,
+    LABELS,
+    MCI_GROUPS,
+    NIFTI_SUFFIXES,
+    STAGE_ORDER,
+    ClassListError,
+    Discovery,
+    Scan,
+    Skipped,
+    class_of,
+    parse_classes,
+)
 from preprocessing.adni.report import discovery_hints, discovery_summary, warning_lines, write_discovery_report
 from preprocessing.adni.series import (
     ADNI_PROCESSED_PATTERNS,
@@ -47,11 +63,13 @@ from preprocessing.tables import (
 )
 
 __all__ = [
-    "ADNI_PROCESSED_PATTERNS", "ANY_MPRAGE_PATTERNS", "DEFAULT_EXCLUDE_PATTERNS", "DEFAULT_MPRAGE_PATTERNS",
-    "DEFAULT_SERIES", "EXCLUDED_GROUPS", "LABELS", "NIFTI_SUFFIXES", "SERIES_PRESETS", "TWO_DIGIT_YEAR_PIVOT",
-    "Discovery", "DiscoveryWarning", "LabelTable", "Scan", "Skipped", "TableColumnError", "TableError",
-    "canonical_image_id", "discover_adni", "discover_nifti", "discovery_hints", "discovery_summary",
-    "load_label_table", "normalize_group", "normalize_subject_id", "parse_acq_date", "select_description",
+    "ADNI_PROCESSED_PATTERNS", "ANY_MPRAGE_PATTERNS", "DEFAULT_CLASSES", "DEFAULT_EXCLUDE_PATTERNS",
+    "DEFAULT_MPRAGE_PATTERNS", "DEFAULT_SERIES", "EXCLUDED_GROUPS", "LABELS", "MCI_GROUPS", "NIFTI_SUFFIXES",
+    "SERIES_PRESETS", "STAGE_ORDER", "TWO_DIGIT_YEAR_PIVOT", "ClassListError", "Discovery", "DiscoveryWarning",
+    "LabelTable", "Scan", "Skipped", "TableColumnError", "TableError", "canonical_image_id", "class_of",
+    "discover_adni", "discover_nifti", "discovery_hints", "discovery_summary",
+    "load_label_table", "normalize_group", "normalize_subject_id", "parse_acq_date", "parse_classes",
+    "select_description",
     "series_patterns", "warning_lines", "write_discovery_report",
 ]  # fmt: skip
 

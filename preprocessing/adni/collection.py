@@ -9,14 +9,16 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from preprocessing.adni.folders import _download_folders
+from preprocessing.adni.measures import nearest_measures, read_visit_measures
 from preprocessing.adni.records import (
     _LABEL_TABLE_FIX,
-    EXCLUDED_GROUPS,
-    LABELS,
+    DEFAULT_CLASSES,
     Discovery,
     Scan,
     Skipped,
     _usable_group,
+    class_of,
+    classes_text,
 )
 from preprocessing.adni.series import DEFAULT_EXCLUDE_PATTERNS, DEFAULT_MPRAGE_PATTERNS, _series_fix
 from preprocessing.subject_ids import normalize_subject_id, subject_key
@@ -27,6 +29,8 @@ from preprocessing.tables import (
     canonical_image_id,
     load_label_table,
     normalize_group,
+    parse_number,
+    read_field,
     read_scan_fields,
     read_table,
     resolve_columns,
@@ -43,8 +47,11 @@ def discover_adni(
     label_subject_column: str | None = None,
     label_column: str | None = None,
     require_dicom: bool = True,
+    classes: Sequence[str] = DEFAULT_CLASSES,
+    window_days: int = 365,
 ) -> Discovery:
-    """The AD/CN MPRAGE scans of an ADNI collection CSV, joined by image id with the DICOM folders of its download.
+    """The MPRAGE scans of the ``classes`` (default CN and AD) of an ADNI collection CSV, joined by image id with
+    the DICOM folders of its download.
 
     ``include_patterns``/``exclude_patterns`` select series by description (see :func:`select_description` and
     :data:`SERIES_PRESETS`). With ``label_table`` the subject's diagnosis there overrides the CSV's ``Group``
@@ -52,13 +59,17 @@ def discover_adni(
     as a ``label_disagreement`` warning). With ``adni_root`` (the ``ADNI`` folder or its parent), a selected image
     whose folder is missing is skipped when ``require_dicom`` (kept with ``dicom_dir=None`` otherwise), and folders
     that no CSV row describes are reported. Scans come out in CSV order; a row listing an image already listed is
-    skipped as ``duplicate_input``.
+    skipped as ``duplicate_input``. An ``Atrophy`` column (the synthetic cohort's) is read into ``Scan.atrophy``;
+    a label table with exam dates and MMSE or global CDR (ADNIMERGE) gives each scan those of the visit nearest its
+    acquisition date within ``window_days`` (:mod:`.measures`).
     """
+    classes = tuple(classes)
     table = (
         label_table
         if isinstance(label_table, LabelTable) or label_table is None
         else load_label_table(label_table, label_subject_column, label_column)
     )
+    measures = read_visit_measures(table.path) if table is not None else {}
     csv_table = read_table(collection_csv)
     required = ["Image Data ID", "Subject", "Description"] + ([] if table is not None else ["Group"])
     columns = resolve_columns(csv_table, COLLECTION_COLUMNS, required)
@@ -71,6 +82,7 @@ def discover_adni(
         include_patterns=tuple(include_patterns),
         exclude_patterns=tuple(exclude_patterns),
         label_table=table.path if table is not None else None,
+        classes=classes,
     )
     discovery.warnings += csv_table.warnings + list(table.warnings if table is not None else ())
     skip, warn = discovery.skipped.append, discovery.warnings.append
@@ -123,12 +135,12 @@ def discover_adni(
                 reason += f" (its Group {csv_group!r} is no diagnosis: add {_LABEL_TABLE_FIX} too)"
             skip(Skipped("not_mprage", reason, **described))
             continue
-        label_result = _resolve_label(subject, csv_group, table)
+        label_result = _resolve_label(subject, csv_group, table, classes)
         if isinstance(label_result, Skipped):
             skip(Skipped(label_result.category, f"{where}: {label_result.reason}", **described))
             continue
         group, label_source = label_result
-        if label_source == "label_table" and _usable_group(csv_group) and normalize_group(csv_group) != group:
+        if label_source == "label_table" and _usable_group(csv_group) and class_of(csv_group, classes)[0] != group:
             message = f"{where}: {subject} has Group {csv_group!r} but {table.path.name} says {group}; the table wins"
             warn(DiscoveryWarning("label_disagreement", message, csv_table.path, line, subject, image_id))
 
@@ -149,12 +161,15 @@ def discover_adni(
 
         cells = {"sex": get(row, "Sex"), "age": get(row, "Age"), "acq_date": get(row, "Acq Date")}
         fields = read_scan_fields(csv_table, line, cells, discovery.warnings, image_id=image_id, subject=subject)
+        atrophy = read_field(parse_number, get(row, "Atrophy"), csv_table, line, "atrophy", discovery.warnings,
+                             image_id=image_id, subject=subject)  # fmt: skip
+        mmse, cdr = nearest_measures(measures.get(subject_key(subject), []), fields["acq_date"], window_days)
         discovery.scans.append(
             Scan(
                 image_id=image_id,
                 subject=subject,
                 group=group,
-                label=LABELS[group],
+                label=classes.index(group),
                 **fields,
                 visit=get(row, "Visit") or None,
                 description=description,
@@ -162,29 +177,37 @@ def discover_adni(
                 source="adni",
                 label_source=label_source,
                 subject_raw=raw_subject,
+                atrophy=atrophy,
+                mmse=mmse,
+                cdr=cdr,
             )
         )
     return discovery
 
 
-def _resolve_label(subject: str, csv_group: str, table: LabelTable | None) -> tuple[str, str] | Skipped:
-    """``(group, label_source)`` for AD/CN, else a Skipped (category and reason; ids are filled in by the caller)."""
+def _resolve_label(
+    subject: str, csv_group: str, table: LabelTable | None, classes: Sequence[str] = DEFAULT_CLASSES
+) -> tuple[str, str] | Skipped:
+    """``(class, label_source)`` for one of ``classes``, else a Skipped (category and reason; the caller fills in
+    the ids)."""
     conflict = table.conflict(subject) if table is not None else None
     if conflict is not None:
         return Skipped("label_conflict", f"conflicting labels {'/'.join(conflict)} for {subject} in {table.path.name}")
     table_label = table.lookup(subject) if table is not None else None
     if table is not None and table_label is not None:
-        group, source = table_label, "label_table"
-        written = f"label {group!r} in {table.path.name}"
+        written_group, source = table_label, "label_table"
+        written = f"label {written_group!r} in {table.path.name}"
     else:
-        group, source = normalize_group(csv_group), "collection_csv"
+        written_group, source = csv_group, "collection_csv"
         written = f"Group {csv_group!r} in the collection CSV" + (
             f" and {subject} not in {table.path.name}" if table is not None else ""
         )
-    if group in LABELS:
+    group, category = class_of(written_group, classes)
+    if group is not None:
         return group, source
-    if group in EXCLUDED_GROUPS:
-        return Skipped("group_excluded", f"group {group} ({written}): only AD and CN are used")
+    if category == "group_excluded":
+        reason = f"group {normalize_group(written_group)} ({written}): only {classes_text(classes)} are used"
+        return Skipped("group_excluded", reason)
     fix = (
         f"add {subject} to {table.path.name}"
         if table is not None

@@ -4,18 +4,19 @@ from __future__ import annotations
 
 import hashlib
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from preprocessing.adni.records import EXCLUDED_GROUPS, LABELS, NIFTI_SUFFIXES, Discovery, Scan, Skipped
+from preprocessing.adni.records import DEFAULT_CLASSES, NIFTI_SUFFIXES, Discovery, Scan, Skipped, class_of, classes_text
 from preprocessing.subject_ids import normalize_subject_id
 from preprocessing.tables import (
     NIFTI_COLUMNS,
     DiscoveryWarning,
     Table,
     canonical_image_id,
-    normalize_group,
+    parse_number,
+    read_field,
     read_scan_fields,
     read_table,
     resolve_columns,
@@ -69,14 +70,17 @@ def _unique_image_ids(candidates: list[dict[str, Any]], table: Table, base: Path
                 )
 
 
-def discover_nifti(csv_path: Path | str, report_unlisted: bool = True) -> Discovery:
+def discover_nifti(
+    csv_path: Path | str, report_unlisted: bool = True, classes: Sequence[str] = DEFAULT_CLASSES
+) -> Discovery:
     """Scans from a folder of images described by a small CSV: ``path, subject, label[, visit]``.
 
     ``path`` is relative to the CSV's folder (absolute paths work too) and must end in ``.nii``, ``.nii.gz`` or
-    ``.mgz`` (others are skipped as ``unsupported_format``); ``label`` is AD/CN or 1/0 (MCI and the like are
-    skipped). Optional columns: ``image_id`` (default: the file name without its suffix; made unique per file, see
-    :func:`_unique_image_ids`), ``sex``, ``age``, ``acq_date``. A row listing a file that an earlier row lists is
-    skipped as ``duplicate_input``; listed files that do not exist are skipped; with ``report_unlisted``, image files
+    ``.mgz`` (others are skipped as ``unsupported_format``); ``label`` is one of ``classes`` (AD/CN or 1/0 by
+    default; MCI and the like are skipped unless MCI is a class). Optional columns: ``image_id`` (default: the file
+    name without its suffix; made unique per file, see :func:`_unique_image_ids`), ``sex``, ``age``, ``acq_date``,
+    ``session``, ``cdr``, ``mmse``, ``atrophy``. A row listing a file that an earlier row lists is skipped as
+    ``duplicate_input``; listed files that do not exist are skipped; with ``report_unlisted``, image files
     under the CSV's folder that no row lists are reported as ``no_csv_row``.
     """
     table = read_table(csv_path)
@@ -87,7 +91,8 @@ def discover_nifti(csv_path: Path | str, report_unlisted: bool = True) -> Discov
         column = columns.get(name)
         return row.get(column, "") if column else ""
 
-    discovery = Discovery(source="nifti", include_patterns=(), exclude_patterns=())
+    classes = tuple(classes)
+    discovery = Discovery(source="nifti", include_patterns=(), exclude_patterns=(), classes=classes)
     discovery.warnings += table.warnings
     outcomes: list[tuple[int, Skipped | dict[str, Any]]] = []  # by row, emitted once image ids are known
     first_line: dict[Path, dict[str, Any]] = {}
@@ -137,21 +142,24 @@ def discover_nifti(csv_path: Path | str, report_unlisted: bool = True) -> Discov
         if not path.is_file():
             skip(Skipped("file_missing", f"{where}: file not found: {path}", image_id, subject, path, line))
             continue
-        group = normalize_group(get(row, "label"))
-        if group not in LABELS:
-            category = "group_excluded" if group in EXCLUDED_GROUPS else "no_label"
-            text = "only AD and CN are used" if category == "group_excluded" else "expected AD/CN or 1/0"
+        group, category = class_of(get(row, "label"), classes)
+        if group is None:
+            expected = "AD/CN or 1/0" if classes == DEFAULT_CLASSES else "/".join(classes)
+            text = f"only {classes_text(classes)} are used" if category == "group_excluded" else f"expected {expected}"
             reason = f"{where}: label {get(row, 'label')!r}: {text}"
             skip(Skipped(category, reason, image_id, subject, path, line, group=get(row, "label") or None))
             continue
         cells = {"sex": get(row, "sex"), "age": get(row, "age"), "acq_date": get(row, "acq_date")}
         fields = read_scan_fields(table, line, cells, discovery.warnings, image_id=image_id, subject=subject)
+        for name in ("cdr", "mmse", "atrophy"):
+            fields[name] = read_field(parse_number, get(row, name), table, line, name, discovery.warnings,
+                                      image_id=image_id, subject=subject)  # fmt: skip
         discovery.scans.append(
             Scan(
                 image_id=image_id,
                 subject=subject,
                 group=group,
-                label=LABELS[group],
+                label=classes.index(group),
                 **fields,
                 visit=get(row, "visit") or None,
                 description=None,
@@ -160,6 +168,7 @@ def discover_nifti(csv_path: Path | str, report_unlisted: bool = True) -> Discov
                 nifti_path=path,
                 label_source="nifti_csv",
                 subject_raw=outcome["raw_subject"],
+                session=get(row, "session") or None,
             )
         )
     if report_unlisted:

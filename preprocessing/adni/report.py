@@ -9,9 +9,17 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from preprocessing.adni.records import _LABEL_TABLE_FIX, NIFTI_SUFFIXES, Discovery, _usable_group
+from preprocessing.adni.records import (
+    _LABEL_TABLE_FIX,
+    DEFAULT_CLASSES,
+    MCI_GROUPS,
+    NIFTI_SUFFIXES,
+    Discovery,
+    _usable_group,
+)
 from preprocessing.adni.series import SERIES_PRESETS, _pattern_for, select_description
 from preprocessing.subject_ids import subject_key
+from preprocessing.tables import normalize_group
 
 _WARNING_TITLES = {
     "encoding": "tables not in UTF-8 (read as Windows-1252 or Latin-1)",
@@ -77,19 +85,54 @@ def discovery_hints(discovery: Discovery) -> list[str]:
         hints.append(hint)
     no_label = [s for s in discovery.skipped if s.category == "no_label"]
     if no_label:
-        column = "label" if discovery.source == "nifti" else "Group"
+        column = {"nifti": "label", "bids": "diagnosis", "oasis1": "CDR", "oasis3": "CDR"}.get(
+            discovery.source, "Group"
+        )
         written = Counter(s.group or "" for s in no_label).most_common(3)
         groups = f"{column} " + ", ".join(f"{g!r} {n}" for g, n in written)
         if discovery.source == "nifti":
-            fix = "write AD/CN or 1/0 in the label column"
+            fix = f"write {'AD/CN or 1/0' if discovery.classes == DEFAULT_CLASSES else '/'.join(discovery.classes)} "
+            fix += "in the label column"
+        elif discovery.source == "bids":
+            fix = "name the diagnosis column with --bids-label-column, or give --label-table (subject, session, label)"
+        elif discovery.source == "oasis1":
+            fix = "OASIS-1 rated CDR from age 60 only; --oasis1-young-as-cn counts those under 60 as CN"
         elif discovery.label_table is None:
             fix = f"give diagnoses by subject with {_LABEL_TABLE_FIX}"
         else:
             fix = f"their subjects are not in {discovery.label_table.name}: add them there"
         hints.append(f"no_label: {len(no_label)} images without a usable diagnosis ({groups}): {fix}.")
+    hints += _class_hints(discovery)
     unsupported = sum(s.category == "unsupported_format" for s in discovery.skipped)
     if unsupported:
         hints.append(f"unsupported_format: {unsupported} files; convert them to one of {', '.join(NIFTI_SUFFIXES)}.")
+    return hints
+
+
+def _class_hints(discovery: Discovery) -> list[str]:
+    """Hints of the cohort readers: MCI left out of a CN/AD task, sessions without a clinical match, other runs."""
+    hints = []
+    excluded = [s for s in discovery.skipped if s.category == "group_excluded"]
+    mci = sum(normalize_group(s.group) in MCI_GROUPS for s in excluded)
+    if mci and "MCI" not in discovery.classes:
+        hints.append(f"group_excluded: {mci} images are MCI (or EMCI/LMCI, or CDR 0.5 under an AD threshold of 1): "
+                     "--classes CN,MCI,AD keeps them as a third class.")  # fmt: skip
+    unmatched = [s for s in discovery.skipped if s.category == "no_clinical_match"]
+    if unmatched:
+        window = discovery.settings.get("window_days")
+        hint = (
+            f"no_clinical_match: {len(unmatched)} MR sessions have no clinical assessment with a CDR within {window} "
+        )
+        hints.append(hint + "days; --clinical-window-days widens the window (each reason gives the nearest).")
+    runs = sum(s.category == "extra_run" for s in discovery.skipped)
+    if runs:
+        option = "--oasis1-repetitions all" if discovery.source == "oasis1" else "--runs all"
+        hints.append(f"extra_run: {runs} further runs or repetitions of a session left out (the first is used); "
+                     f"{option} keeps every one.")  # fmt: skip
+    changed = sum(s.category == "label_changed" for s in discovery.skipped)
+    if changed:
+        hints.append(f"label_changed: {changed} sessions have another class than their subject's first labelled "
+                     "session and are left out, so that one person keeps one class.")  # fmt: skip
     return hints
 
 

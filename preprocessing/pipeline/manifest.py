@@ -14,7 +14,7 @@ from typing import Any
 MANIFEST_COLUMNS = [
     "image_id", "subject", "group", "label", "visit", "sex", "age", "acq_date", "source", "input", "output", "mask",
     "qc", "qc_status", "qc_reasons", "status", "error", "stripper", "input_shape", "input_voxel_size", "subject_raw",
-    "duplicate_of",
+    "duplicate_of", "session", "cdr", "mmse", "atrophy",
 ]  # fmt: skip
 #: Row statuses: processed and QC not failed; processed but refused by QC (left out of splits); not processed.
 STATUS_OK, STATUS_QC_FAILED, STATUS_FAILED = "ok", "qc_failed", "failed"

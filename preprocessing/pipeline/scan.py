@@ -16,6 +16,7 @@ from typing import Any
 import nibabel as nib
 import numpy as np
 
+from preprocessing.cohorts.analyze import analyze_to_nifti, is_analyze
 from preprocessing.pipeline.manifest import (
     MANIFEST_COLUMNS,
     STATUS_FAILED,
@@ -112,6 +113,13 @@ def process_scan(
             headers = quality.dicom_acquisition_headers(record["dicom_dir"])
         else:
             raw = Path(record["nifti_path"])
+            if is_analyze(raw):  # no reliable orientation: converted with the cohort's known layout first
+                from preprocessing.convert import output_name
+
+                convert_start = time.perf_counter()
+                name = output_name(str(record["subject"]), str(record["image_id"]))
+                raw = analyze_to_nifti(raw, paths.nifti / name, layout=record.get("source"))
+                row[f"{STEP_PREFIX}convert"] = round(time.perf_counter() - convert_start, 3)
         row["input"] = str(raw)
         header = nib.load(str(raw))
         row["input_shape"] = "x".join(str(n) for n in header.shape)

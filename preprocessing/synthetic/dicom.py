@@ -82,6 +82,7 @@ def _write_broken(
         "age": visit.age,
         "visit": visit.visit,
         "acq_date": visit.date,
+        "atrophy": visit.disease,
         "image_id": extra.image_id,
         "description": extra.description,
         "expected": BROKEN_KINDS[extra.kind],

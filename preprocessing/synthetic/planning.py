@@ -33,7 +33,11 @@ BROKEN_KINDS: dict[str, str] = {
 
 @dataclass(frozen=True)
 class VisitPlan:
-    """One scan of a subject: ADNI identifiers, date, age and the nominal atrophy (fractions, age and disease)."""
+    """One scan of a subject: ADNI identifiers, date, age and the nominal atrophy (fractions, age and disease).
+
+    ``disease`` is the hippocampal volume fraction lost to disease alone (0 for CN): the scan's AD atrophy strength,
+    recorded as its stage (``Atrophy`` in the collection CSV, ``atrophy`` in the BIDS sessions.tsv).
+    """
 
     image_id: str
     visit: str
@@ -45,6 +49,7 @@ class VisitPlan:
     mtl_loss: float
     ventricle_growth: float
     seed: int
+    disease: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -153,6 +158,7 @@ def plan_cohort(
                     mtl_loss=round(mtl, 6),
                     ventricle_growth=round(ventricles, 6),
                     seed=int(sub_rng.integers(2**62)),
+                    disease=round(disease, 6),
                 )
             )
         subjects.append(

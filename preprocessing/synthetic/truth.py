@@ -57,6 +57,7 @@ def _write_truth(
         "visit": visit.visit,
         "months": visit.months,
         "acq_date": visit.date,
+        "atrophy": visit.disease,
         "description": MPRAGE,
         "regions_nifti": f"{stem}_regions.nii.gz",
         "labels": {str(k): v for k, v in REGION_LABELS.items()},
@@ -67,6 +68,7 @@ def _write_truth(
             "hippocampus_loss": visit.hippocampus_loss,
             "medial_temporal_lobe_loss": visit.mtl_loss,
             "ventricle_growth": visit.ventricle_growth,
+            "disease_hippocampus_loss": visit.disease,
         },
         "geometry": {
             "nifti_shape": list(shape),
