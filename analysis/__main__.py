@@ -1,5 +1,5 @@
 """Command line of the analysis: ``python -m analysis <command> -h`` for metrics, compare, bayes, stages, crossval,
-report, explain and scan-report."""
+compare-models, report, explain, scan-report and volumetric."""
 
 from __future__ import annotations
 
@@ -191,6 +191,10 @@ def cmd_crossval(args: argparse.Namespace, extra: list[str]) -> int:
 def cmd_report(args: argparse.Namespace) -> int:
     from analysis import report
 
+    if args.eval_dir is None and args.crossval_dir is None and args.comparison_dir is None:
+        raise SystemExit("error: give --eval-dir, --crossval-dir or --comparison-dir (the report's source)")
+    if args.comparison_dir is not None and not (args.comparison_dir / "comparison.json").is_file():
+        raise SystemExit(f"error: no {args.comparison_dir / 'comparison.json'}; run 'compare-models --out' there first")
     path = report.write_report(
         args.out,
         eval_dir=args.eval_dir,
@@ -207,6 +211,7 @@ def cmd_report(args: argparse.Namespace) -> int:
         explain_dir=args.explain_dir,
         external_eval_dir=args.external_eval_dir,
         stage_cuts=_stage_cuts(args),
+        comparison_dir=args.comparison_dir,
     )
     print(f"Report: {path} (figures and report.json beside it)")
     return 0
@@ -274,9 +279,11 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     p = commands.add_parser(
         "report", allow_abbrev=False, help="self-contained HTML report (figures embedded) with report.json"
     )
-    source = p.add_mutually_exclusive_group(required=True)
+    # Not required: --comparison-dir alone reports its reference model's cross-validation.
+    source = p.add_mutually_exclusive_group()
     source.add_argument("--eval-dir", type=Path, help="output_dir of an evaluation (predictions.csv)")
     source.add_argument("--crossval-dir", type=Path, help="--out folder of 'crossval'")
+    p.add_argument("--comparison-dir", type=Path, help="--out folder of 'compare-models': adds its table and figure")
     p.add_argument("--out", type=Path, required=True, help="folder for report.html, report.json and PNG figures")
     p.add_argument("--datalist", type=Path, help="datalist JSON, for the cohort summary per partition")
     p.add_argument("--prevalence", type=_probability, action="append", default=[], help="extra prevalence (repeat)")
@@ -288,6 +295,18 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     p.add_argument("--explain-dir", type=Path, help="--out folder of 'explain': adds its summary to the report")
     p.add_argument("--external-eval-dir", type=Path, help="evaluation of the same model on another cohort's test set")
     _add_stage_options(p)
+
+    p = commands.add_parser(
+        "compare-models",
+        allow_abbrev=False,
+        help="train and evaluate several models on the same folds (resumable) and compare them in one table",
+        description="Every model of --models on every fold_<k>.json (networks through the bundle with --arch, the "
+        "volumetric baseline by logistic regression), then comparison.json/.csv/.md and a figure. Other '--key value' "
+        "pairs are passed to the bundle, e.g. --weights none --use_wandb False --num_workers 0.",
+    )
+    from analysis import compare_models
+
+    compare_models.add_arguments(p)
 
     # Imported lazily: explain and scan-report need torch, MONAI and Captum, the other commands do not.
     p = commands.add_parser(
@@ -304,6 +323,12 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
         "post-test probability, relevance on the scan)",
     )
     _lazy(p, "analysis.explain.scan_page", "scan-report", argv)
+    p = commands.add_parser(
+        "volumetric",
+        allow_abbrev=False,
+        help="volumetric baseline: hippocampal and ventricular volumes / brain volume, logistic regression per fold",
+    )
+    _lazy(p, "analysis.volumetric", "volumetric", argv)
     return parser
 
 
@@ -323,6 +348,10 @@ def main(argv: list[str] | None = None) -> int:
     args, extra = parser.parse_known_args(argv)
     if args.command == "crossval":
         return cmd_crossval(args, extra)
+    if args.command == "compare-models":
+        from analysis import compare_models
+
+        return compare_models.main(args, extra)
     if extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     if getattr(args, "handler", None) is not None:

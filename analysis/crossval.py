@@ -84,6 +84,17 @@ def find_folds(folds_dir: str | Path) -> list[tuple[int, Path]]:
     return sorted(folds)
 
 
+def select_folds(folds: Sequence[tuple[int, Path]], wanted: Sequence[int] | None) -> list[tuple[int, Path]]:
+    """The folds numbered in ``wanted`` (all when None), refusing a number that has no ``fold_<k>.json``."""
+    if wanted is None:
+        return list(folds)
+    found = dict(folds)
+    missing = sorted(set(wanted) - set(found))
+    if missing:
+        raise CrossvalError(f"no fold_<k>.json for fold(s) {missing}; the folds found are {sorted(found)}.")
+    return [(k, found[k]) for k in sorted(set(wanted))]
+
+
 def bundle_overrides(epochs: int | None = None, extra: Sequence[str] = ()) -> list[str]:
     """Bundle command-line overrides: ``--epochs N`` becomes ``--train#trainer#max_epochs N``; ``extra`` are
     ``--key value`` pairs passed through unchanged."""
@@ -153,10 +164,11 @@ def run_crossval(
     log: Callable[[str], None] = print,
     external_datalist: str | Path | None = None,
     external_dataset_dir: str | Path | None = None,
+    folds: Sequence[int] | None = None,
 ) -> dict[str, Any]:
     """Train and evaluate every fold that is not finished (and, with ``external_datalist``, evaluate each fold's model
     on that external test set), then write ``crossval.json`` and ``crossval.csv`` in ``out`` and return the
-    summary."""
+    summary. ``folds`` restricts the run to those fold numbers (default: every ``fold_<k>.json``)."""
     out = Path(out).resolve()
     dataset_dir = Path(dataset_dir).resolve()
     external = None
@@ -164,9 +176,9 @@ def run_crossval(
         if external_dataset_dir is None:
             raise CrossvalError("--external-datalist needs --external-dataset-dir (the external images' root).")
         external = (Path(external_datalist).resolve(), Path(external_dataset_dir).resolve())
-    folds = find_folds(folds_dir)
+    selected = select_folds(find_folds(folds_dir), folds)
     out.mkdir(parents=True, exist_ok=True)
-    for k, fold_json in folds:
+    for k, fold_json in selected:
         fold_dir = out / f"fold_{k}"
         commands = fold_commands(fold_json, dataset_dir, fold_dir, overrides, python, external)
         metrics_file = fold_dir / "eval" / "metrics.json"
@@ -176,7 +188,7 @@ def run_crossval(
             _train_and_evaluate(runner, commands, fold_dir, k, log)
         if external is not None:
             _evaluate_external(runner, commands["evaluating_external"], fold_dir, k, log)
-    summary = summarize_folds(out, folds, threshold, external=external)
+    summary = summarize_folds(out, selected, threshold, external=external)
     summary["folds_dir"] = str(Path(folds_dir).resolve())
     summary["dataset_dir"] = str(dataset_dir)
     summary["overrides"] = list(overrides)

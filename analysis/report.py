@@ -85,6 +85,11 @@ def make_figures(results: dict[str, Any], out: Path, prevalences: Sequence[bayes
     if "external" in results:
         figures.plot_external(results["external"], out / names["external"])
         made["external"] = names["external"]
+    if "comparison" in results:
+        from analysis.compare_models_output import FIGURE_FILE, plot_comparison
+
+        plot_comparison(results["comparison"], out / FIGURE_FILE)
+        made["comparison"] = FIGURE_FILE
     return made
 
 
@@ -104,14 +109,22 @@ def write_report(
     explain_dir: str | Path | None = None,
     external_eval_dir: str | Path | None = None,
     stage_cuts: dict[str, Sequence[float] | str] | None = None,
+    comparison_dir: str | Path | None = None,
 ) -> Path:
     """Write ``report.html``, ``report.json`` and the PNG figures into ``out``; return the HTML path.
 
     ``datalist`` (and, for a cross-validation, the fold datalists) also give the stage measures of the test scans
     (their ``clinical`` table; bins from ``stage_cuts``, see :mod:`analysis.stages`); ``external_eval_dir`` is the
-    evaluation of the same model on another cohort's test datalist (see :mod:`analysis.external`)."""
+    evaluation of the same model on another cohort's test datalist (see :mod:`analysis.external`);
+    ``comparison_dir`` is the ``--out`` folder of ``compare-models``: its table and figure are added, and without
+    ``eval_dir`` or ``crossval_dir`` the rest of the report is that of its reference model's cross-validation."""
+    comparison = None
+    if comparison_dir is not None:
+        comparison = json.loads((Path(comparison_dir) / "comparison.json").read_text())
+        if eval_dir is None and crossval_dir is None:
+            crossval_dir = Path(comparison_dir) / comparison["reference"]
     if (eval_dir is None) == (crossval_dir is None):
-        raise ValueError("Give exactly one of eval_dir and crossval_dir.")
+        raise ValueError("Give exactly one of eval_dir and crossval_dir (or a comparison_dir).")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     prevalences = bayes.prevalences_with(extra_prevalences, classes=_classes(eval_dir, crossval_dir))
@@ -128,6 +141,8 @@ def write_report(
         results = evaluation_results(eval_dir, prevalences, datalist=datalist, sections=sections, **options)
     else:
         results = crossval_results(crossval_dir, prevalences, datalist=datalist, sections=sections, **options)
+    if comparison is not None:
+        results["comparison"] = comparison
     results["generated"] = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     results["synthetic"] = synthetic
     results["confidence"] = CONFIDENCE

@@ -14,7 +14,13 @@ from markupsafe import Markup
 
 from analysis import bayes
 from analysis.metrics import METRICS, format_interval
-from analysis.report_sections import external_context, figure_captions, multiclass_context, stages_context
+from analysis.report_sections import (
+    comparison_context,
+    external_context,
+    figure_captions,
+    multiclass_context,
+    stages_context,
+)
 from analysis.templating import render
 
 SECTION_TITLES = {
@@ -22,6 +28,7 @@ SECTION_TITLES = {
     "metrics": "Metrics with 95% confidence intervals",
     "stages": "Accuracy by disease stage",
     "external": "External validation",
+    "comparison": "Model comparison",
     "figures": "Figures",
     "bayes": "Bayesian post-test probabilities",
     "clinicians": "Comparison with published visual MRI reads",
@@ -44,9 +51,11 @@ FIGURE_CAPTIONS = {
     "stages": "Sensitivity for AD by stage bin (least to most advanced, number of AD scans under each bin) with 95% "
     "subject-bootstrap intervals.",
     "external": "Internal against external test set: each metric with its 95% subject-bootstrap interval.",
+    "comparison": "Pooled out-of-fold ROC-AUC of each model with its 95% subject-bootstrap interval (reference in red, "
+    "its pooled AUC dashed); grey dots: the single folds.",
 }
 # Figures shown in their own section rather than among the others.
-SECTION_FIGURES = ("stages", "external")
+SECTION_FIGURES = ("stages", "external", "comparison")
 
 
 # ------------------------------------------------------------------------------------------------- HTML
@@ -243,6 +252,7 @@ def render_html(
         multiclass=multiclass_context(results),
         stages=stages_context(results),
         external=external_context(results),
+        comparison=comparison_context(results),
         figures=[figure for name, figure in figures.items() if name not in SECTION_FIGURES],
         section_figures={name: figures[name] for name in SECTION_FIGURES if name in figures},
         has_training_curves="training" in made,

@@ -1,6 +1,7 @@
-"""The report's rows for k-class metrics, accuracy by disease stage and external validation (the numbers come from
-:mod:`analysis.multiclass`, :mod:`analysis.stages` and :mod:`analysis.external`; ``templates/report.html.j2`` lays
-them out). Each function returns None when the results have no such section, and the template then leaves it out.
+"""The report's rows for k-class metrics, accuracy by disease stage, external validation and the model comparison
+(the numbers come from :mod:`analysis.multiclass`, :mod:`analysis.stages`, :mod:`analysis.external` and
+:mod:`analysis.compare_models_table`; ``templates/report.html.j2`` lays them out). Each function returns None when
+the results have no such section, and the template then leaves it out.
 """
 
 from __future__ import annotations
@@ -117,6 +118,17 @@ def external_context(results: Mapping[str, Any]) -> dict[str, Any] | None:
         ]
         tables[level] = {"header": header, "rows": rows}
     return {"tables": tables, **result}
+
+
+def comparison_context(results: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The table of ``compare-models`` (as in its comparison.md), its verdict and how it was made."""
+    result = results.get("comparison")
+    if result is None:
+        return None
+    from analysis.compare_models_output import notes, table_rows
+
+    header, rows = table_rows(result)
+    return {"header": header, "rows": rows, "verdict": result["verdict"]["lines"], "notes": notes(result)}
 
 
 def figure_captions(results: Mapping[str, Any]) -> dict[str, str]:

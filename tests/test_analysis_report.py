@@ -22,7 +22,7 @@ from analysis.figures import FIGURE_FILES
 FAST = {"n_resamples": 200, "n_draws": 2000}
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 # The figures of a binary evaluation; stages and external validation appear only with their inputs.
-OPTIONAL_SECTIONS = ("explanations", "stages", "external")
+OPTIONAL_SECTIONS = ("explanations", "stages", "external", "comparison")
 BINARY_FIGURES = {name: file for name, file in FIGURE_FILES.items() if name not in OPTIONAL_SECTIONS}
 
 

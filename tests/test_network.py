@@ -150,3 +150,15 @@ def test_alternative_architectures_adapt_the_same_way(arch):
     assert model.net.stem[0].in_channels == 1
     with torch.no_grad():
         assert model(torch.randn(1, 1, 16, 16, 16)).shape == (1, 2)
+
+
+def test_three_channel_inputs_keep_the_rgb_kernels(tmp_path, kinetics_like_state_dict):
+    # One channel sums the RGB kernels; three channels (e.g. to compare with torchvision) keep them as they are.
+    torch.save(kinetics_like_state_dict, tmp_path / "video_weights.pth")
+    model = VideoResNetClassifier(weights=str(tmp_path / "video_weights.pth"), in_channels=3)
+    assert torch.equal(model.net.stem[0].weight, kinetics_like_state_dict["stem.0.weight"])
+
+
+def test_unknown_architecture_lists_the_choices():
+    with pytest.raises(BundleInputError, match="Unknown architecture 'r3d_50'.*'mvit_v2_s'.*'2d' or 'slice'"):
+        VideoResNetClassifier(arch="r3d_50", weights=None)

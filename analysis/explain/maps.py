@@ -70,6 +70,14 @@ def load_trained_model(model_file: str | Path, device: str | torch.device = "cpu
     # the named errors, including for files this read cannot open.
     state = _peek_state(model_file)
     arch = (guess_architecture(state) if state else None) or "r3d_18"
+    if arch not in ("r3d_18", "mc3_18", "r2plus1d_18"):
+        from scripts.data import BundleInputError
+
+        # The maps hook net.layer3 / net.layer4, which only the video ResNets have.
+        raise BundleInputError(
+            f"{model_file} holds a {arch} model; explain and scan-report support the video ResNets (r3d_18, mc3_18, "
+            "r2plus1d_18) only."
+        )
     fc_weight = state.get("net.fc.weight") if state else None
     num_classes = int(fc_weight.shape[0]) if isinstance(fc_weight, torch.Tensor) else 2
     if num_classes != 2:

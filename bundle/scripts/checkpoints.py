@@ -6,7 +6,7 @@ replaced here by one line naming the file, what was expected and the fix.
 
 - :func:`read_checkpoint`: load a file or raise :class:`~scripts.data.BundleInputError` (:func:`why_unreadable`).
 - :func:`model_state_dict`: the classifier's state dict inside a checkpoint (flat, or under ``model``).
-- :func:`guess_architecture` / :func:`state_dict_problem`: which video ResNet a state dict holds, what does not fit.
+- :func:`guess_architecture` / :func:`state_dict_problem`: which network a state dict holds, what does not fit.
 - :class:`ModelCheckpointLoader`: the evaluator/inference handler replacing MONAI's ``CheckpointLoader``.
 - :func:`model_classes` / :func:`check_model_classes`: the classes a model's outputs mean, and refusing a test
   datalist with other classes.
@@ -30,8 +30,6 @@ from .data import BundleInputError, datalist_classes, default_class_names
 logger = logging.getLogger(__name__)
 
 STATE_DICT_KEYS = ("model", "state_dict", "model_state_dict")
-# Layers the bundle replaces in torchvision's models: their shapes say nothing about the architecture.
-_ADAPTED_LAYERS = ("stem.0.", "fc.")
 
 
 def read_checkpoint(path: str | Path, expected: str, map_location: Any = "cpu") -> Any:
@@ -89,26 +87,37 @@ def model_state_dict(checkpoint: Any, path: str | Path, expected: str) -> dict[s
 @functools.cache
 def _backbone_shapes(arch: str) -> dict[str, tuple[int, ...]]:
     """Tensor shapes of torchvision's ``arch`` outside the layers the bundle replaces (built on the meta device)."""
-    from .network import ARCHITECTURES  # network imports this module: a top-level import would be circular
+    from .architectures import ARCHITECTURES  # imports network code, which imports this module: no top-level import
 
+    spec = ARCHITECTURES[arch]
     with torch.device("meta"):
-        model = ARCHITECTURES[arch][0](weights=None)
-    return {k: tuple(v.shape) for k, v in model.state_dict().items() if not k.startswith(_ADAPTED_LAYERS)}
+        model = spec.builder(weights=None)
+    adapted = (spec.stem + ".", spec.head + ".")
+    return {k: _shape(k, v) for k, v in model.state_dict().items() if not k.startswith(adapted)}
+
+
+def _shape(key: str, tensor: torch.Tensor) -> tuple[int, ...]:
+    """The shape of a state-dict entry, less the first dimension where it depends on the input size (MViT's
+    relative-position tables are built for the volumes' size: a model for 32³ and one for 128³ are the same model)."""
+    from .video_transformers import is_size_dependent
+
+    return tuple(tensor.shape[1:]) if is_size_dependent(key) else tuple(tensor.shape)
 
 
 def _plain_shapes(state: Mapping[str, Any]) -> dict[str, tuple[int, ...]]:
     """Shapes keyed as in torchvision (this bundle's classifier prefixes every key with ``net.``)."""
-    return {k.removeprefix("net."): tuple(v.shape) for k, v in state.items() if isinstance(v, torch.Tensor)}
+    return {k.removeprefix("net."): _shape(k, v) for k, v in state.items() if isinstance(v, torch.Tensor)}
 
 
 def guess_architecture(state: Mapping[str, Any]) -> str | None:
-    """The video ResNet (r3d_18, mc3_18, r2plus1d_18) whose layer names and shapes ``state`` has, else None.
+    """The architecture (an ``--arch`` name) whose layer names and shapes ``state`` has, else None.
 
-    Works for torchvision's 400-class RGB weights and for this bundle's classifiers alike: the stem convolution
-    and the head, which the bundle replaces, are ignored. r3d_18 and mc3_18 share every name and differ in the
-    kernel shapes of layer2-4 (3x3x3 against 1x3x3).
+    Works for torchvision's pretrained weights (400-class RGB video, 1000-class ImageNet for resnet18_2d) and for
+    this bundle's classifiers alike: the first convolution and the head, which the bundle replaces, are ignored, and
+    so is the length of MViT's relative-position tables. r3d_18 and mc3_18 share every name and differ in the kernel
+    shapes of layer2-4 (3x3x3 against 1x3x3).
     """
-    from .network import ARCHITECTURES
+    from .architectures import ARCHITECTURES
 
     shapes = _plain_shapes(state)
     for arch in ARCHITECTURES:
@@ -119,27 +128,34 @@ def guess_architecture(state: Mapping[str, Any]) -> str | None:
 
 
 def state_dict_problem(state: Mapping[str, Any], network: nn.Module) -> str | None:
-    """Why ``state`` cannot be loaded into ``network`` (a VideoResNetClassifier), in words; None when it fits."""
+    """Why ``state`` cannot be loaded into ``network`` (a VolumeClassifier), in words; None when it fits."""
+    from .architectures import ARCHITECTURES, architecture
+
     network = getattr(network, "module", network)
-    own = {k: tuple(v.shape) for k, v in network.state_dict().items()}
-    given = {k: tuple(v.shape) for k, v in state.items() if isinstance(v, torch.Tensor)}
+    own = {k: _shape(k, v) for k, v in network.state_dict().items()}
+    given = {k: _shape(k, v) for k, v in state.items() if isinstance(v, torch.Tensor)}
     if own == given:
         return None
     arch = getattr(network, "arch", type(network).__name__)
+    try:
+        spec = architecture(arch)
+    except BundleInputError:  # not a network of this bundle
+        spec = None
     guess = guess_architecture(state)
-    if guess is not None and guess != arch:
+    if guess is not None and (spec is None or guess != spec.name):
         return f"this file holds another architecture ({guess}?)"
     if guess is None:
-        return "this file does not hold any of the bundle's video ResNets (r3d_18, mc3_18, r2plus1d_18)"
+        return f"this file does not hold any of the bundle's networks ({', '.join(ARCHITECTURES)})"
     if not any(k.startswith("net.") for k in given):
         return (
-            f"it holds plain torchvision {arch} video weights without the bundle's 1-channel stem and "
+            f"it holds plain torchvision {arch} weights without the bundle's 1-channel stem and "
             f"class head (use such a file as --weights <path> for training)"
         )
-    head, own_head = given.get("net.fc.weight"), own.get("net.fc.weight")
+    head_key, stem_key = f"net.{spec.head}.weight", f"net.{spec.stem}.weight"
+    head, own_head = given.get(head_key), own.get(head_key)
     if head is not None and own_head is not None and head[0] != own_head[0]:
         return f"its head has {head[0]} outputs, not {own_head[0]} (--num_classes)"
-    stem, own_stem = given.get("net.stem.0.weight"), own.get("net.stem.0.weight")
+    stem, own_stem = given.get(stem_key), own.get(stem_key)
     if stem is not None and own_stem is not None and stem[1] != own_stem[1]:
         return f"its first convolution takes {stem[1]} input channel(s), not {own_stem[1]}"
     missing = sorted(own.keys() - given.keys())
@@ -185,7 +201,7 @@ class ModelCheckpointLoader:
 
     Args:
         load_path: the model file (``model.pt``: a flat state dict, or a dict holding one under ``model``).
-        network: the network to load into (a ``VideoResNetClassifier``, possibly wrapped).
+        network: the network to load into (a ``VolumeClassifier``, possibly wrapped).
         map_location: device for loading.
     """
 
@@ -210,18 +226,41 @@ class ModelCheckpointLoader:
         logger.info(f"Restored the model from {self.load_path}")
 
 
-def head_size(path: str | Path) -> int | None:
-    """Outputs of the classifier head in a model file (``net.fc.weight`` rows); None when it cannot be read.
+def _peek(path: str | Path) -> Mapping[str, Any] | None:
+    """The state dict of a model file, memory-mapped (shapes are read, not the values); None when unreadable.
 
     A file that cannot be read is left to :class:`ModelCheckpointLoader`, which names what is wrong with it.
     """
     try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)  # mmap: the head only
-        state = model_state_dict(checkpoint, path, "a model")
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        return model_state_dict(checkpoint, path, "a model")
     except (Exception, BundleInputError):  # a broken or foreign file: the loader reports it, in its words
         return None
-    head = state.get("net.fc.weight")
-    return int(head.shape[0]) if isinstance(head, torch.Tensor) and head.ndim == 2 else None
+
+
+def model_architecture(path: str | Path, default: str = "r3d_18") -> str:
+    """The ``--arch`` of a model file, from its tensor names and shapes; ``default`` when it is missing or unknown.
+
+    For workflows that load a trained model (``"arch": "$scripts.checkpoints.model_architecture(@model_file)"``):
+    the network is then built as the file needs, whatever it was trained as.
+    """
+    state = _peek(path) if Path(path).is_file() else None
+    return (guess_architecture(state) if state else None) or default
+
+
+def head_size(path: str | Path) -> int | None:
+    """Outputs of the classifier head in a model file (e.g. ``net.fc.weight`` rows); None when it cannot be read."""
+    state = _peek(path)
+    if state is None:
+        return None
+    from .architectures import ARCHITECTURES
+
+    for key in dict.fromkeys(f"net.{spec.head}.weight" for spec in ARCHITECTURES.values()):
+        head = state.get(key)
+        # A Linear head (out, in) or s3d's 1x1x1 convolution (out, in, 1, 1, 1).
+        if isinstance(head, torch.Tensor) and head.ndim in (2, 5):
+            return int(head.shape[0])
+    return None
 
 
 def model_classes(model_file: str | Path, plan: Mapping[str, Any] | None = None) -> list[str]:

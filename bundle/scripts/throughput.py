@@ -30,7 +30,7 @@ logger = logging.getLogger(__name__)
 MIB = 1024**2
 # Data loading should cost at most this share of a training epoch (issue 13).
 LOADING_SHARE_TARGET = 0.05
-OPTIONS = ("bf16", "channels_last", "compile", "cudnn_benchmark")
+OPTIONS = ("bf16", "channels_last", "compile", "cudnn_benchmark", "activation_checkpointing")
 
 
 def set_cpu_threads(threads: int) -> int:
@@ -316,6 +316,7 @@ def run_benchmark(
     num_classes: int = 2,
     arch: str = "",
     trainable: str = "",
+    activation_checkpointing: bool = False,
     loader: Iterable[Mapping[str, Any]] | None = None,
     loader_settings: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
@@ -342,6 +343,8 @@ def run_benchmark(
         "trainable": trainable,
         **model_settings,
         "cudnn_benchmark": bool(cudnn_benchmark),
+        # Set on the network by scripts.network.configure (benchmark.json's initialize); recorded here.
+        "activation_checkpointing": bool(activation_checkpointing),
     }
     results.update(
         benchmark_model(network, optimizer, loss_function, device, num_classes=num_classes, **model_settings)
