@@ -37,6 +37,8 @@ import nibabel as nib
 import numpy as np
 from scipy import ndimage
 
+from preprocessing.synthetic.truth import find_truth
+
 FEATURES: tuple[str, ...] = ("hippocampi", "lateral_ventricles")
 FEATURE_TITLES = {
     "hippocampi": "hippocampal volume / brain volume",
@@ -169,11 +171,11 @@ def template_volumes(
 
 
 def truth_file(scan: Scan, truth_dir: Path) -> Path:
-    """``<truth_dir>/<image stem>_truth.json`` (the chain names images ``<subject>_<image_id>``), else
-    ``<subject>_<image_id>_truth.json``."""
+    """The synthetic truth JSON of ``scan`` (:func:`preprocessing.synthetic.truth.find_truth`, by the image's stem, else
+    by ``<subject>_<image_id>``)."""
     for stem in (scan.stem, f"{scan.subject}_{scan.image_id}"):
-        path = Path(truth_dir) / f"{stem}_truth.json"
-        if path.is_file():
+        path = find_truth(truth_dir, stem)
+        if path is not None:
             return path
     raise SystemExit(
         f"error: no truth file {Path(truth_dir) / (scan.stem + '_truth.json')} for {scan.image}; pass --truth-dir "

@@ -283,7 +283,7 @@ def test_an_mvit_trained_at_32_loads_into_one_built_for_128(tmp_path):
 
 @pytest.mark.slow
 def test_bundle_trains_swin3d_t_from_the_command_line(tmp_path):
-    write_tiny_dataset(tmp_path / "data", {"training": 4, "validation": 2}, size=32)
+    write_tiny_dataset(tmp_path / "data", {"training": 4, "validation": 2, "test": 2}, size=32)
     args = [
         "run", "training", "--config_file", "configs/train.json", "--arch", "swin3d_t", "--weights", "none",
         "--dataset_dir", str(tmp_path / "data"), "--ckpt_dir", str(tmp_path / "models"), "--output_dir",
@@ -299,3 +299,12 @@ def test_bundle_trains_swin3d_t_from_the_command_line(tmp_path):
     assert "swin3d_t (trainable='layer4+fc'): total parameters: 27,845,864; trainable: 14,300,498" in log
     state = torch.load(tmp_path / "models" / "model.pt", weights_only=True)
     assert guess_architecture(state) == "swin3d_t" and state["net.head.weight"].shape == (2, 768)
+    # Evaluation builds the network the model file holds, without being told --arch.
+    evaluate = ["run", "evaluating", "--config_file", "['configs/train.json','configs/evaluate.json']",
+                *args[args.index("--dataset_dir"):]]  # fmt: skip
+    result = subprocess.run(
+        [sys.executable, "-m", "monai.bundle", *evaluate], cwd=BUNDLE_ROOT, env=env, capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    predictions = (tmp_path / "eval" / "predictions.csv").read_text().splitlines()
+    assert len(predictions) == 1 + 2

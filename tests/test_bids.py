@@ -13,6 +13,7 @@ import pytest
 from preprocessing import adni
 from preprocessing.__main__ import main
 from preprocessing.cohorts import discover_bids
+from preprocessing.synthetic.truth import find_truth
 
 
 def t1w(root: Path, subject: str, session: str | None = None, run: int | None = None, folder: str = "anat") -> Path:
@@ -210,6 +211,12 @@ def test_synth_bids_is_read_back_with_every_scan_and_label(tmp_path, capsys):
     regions = nib.load(out / "truth" / first["regions_nifti"])
     image = nib.load(scan.nifti_path)
     assert image.shape == regions.shape and np.allclose(image.affine, regions.affine)
+    # The chain names model-ready images <subject>_<image id>, here the BIDS stem; each finds its own truth file.
+    for found_scan in found.scans:
+        path = find_truth(out / "truth", f"{found_scan.subject}_{found_scan.image_id}")
+        record = json.loads(path.read_text())
+        assert (record["subject"], months[record["visit"]]) == (found_scan.subject, found_scan.session)
+    assert find_truth(out / "truth", f"{scan.subject}_sub-ADNI000S0000_ses-M000_T1w") is None
 
 
 def test_split_writes_the_plan_classes_and_the_stage_measures(tmp_path, capsys):

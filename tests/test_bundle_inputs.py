@@ -213,10 +213,15 @@ def write_mc3_model(path: Path) -> Path:
     return path
 
 
-# Case -> (how model.pt is written, what the last line of `run evaluating` must contain).
+# Case -> (how model.pt is written, what the last line of `run evaluating` must contain, extra arguments).
+# Evaluation builds the architecture a model file holds; an --arch that contradicts the file is refused.
 MODEL_CASES = {
-    "truncated": (lambda p: p.write_bytes(open_zip_head()), ["cannot be loaded", "truncated"]),
-    "mc3_18": (write_mc3_model, ["is not a checkpoint of r3d_18", "this file holds another architecture (mc3_18?)"]),
+    "truncated": (lambda p: p.write_bytes(open_zip_head()), ["cannot be loaded", "truncated"], []),
+    "mc3_18": (
+        write_mc3_model,
+        ["is not a checkpoint of r3d_18", "this file holds another architecture (mc3_18?)"],
+        ["--arch", "r3d_18"],
+    ),
 }
 
 
@@ -235,11 +240,11 @@ def failing_runs(dataset, tmp_path_factory) -> dict[str, tuple[int, str, Path]]:
         else:
             args = evaluate_args(dataset, "--datalist", str(path), "--ckpt_dir", str(folder / case))
         jobs[case] = (args, path)
-    for case, (write, _) in MODEL_CASES.items():
+    for case, (write, _, extra) in MODEL_CASES.items():
         path = folder / case / "model.pt"
         path.parent.mkdir()
         write(path)
-        jobs[case] = (evaluate_args(dataset, "--ckpt_dir", str(path.parent), "--output_dir", str(folder)), path)
+        jobs[case] = (evaluate_args(dataset, "--ckpt_dir", str(path.parent), "--output_dir", str(folder), *extra), path)
     with ThreadPoolExecutor(max_workers=2) as pool:
         futures = {case: pool.submit(bundle_cli, *args) for case, (args, _) in jobs.items()}
         return {case: (*future.result(), jobs[case][1]) for case, future in futures.items()}

@@ -13,6 +13,7 @@ from conftest import BUNDLE_ROOT
 from monai.bundle import ConfigWorkflow
 from tiny_data import write_tiny_dataset
 
+from scripts.checkpoints import model_architecture
 from scripts.network import VideoResNetClassifier
 
 pytestmark = pytest.mark.slow
@@ -104,8 +105,11 @@ def test_network_is_defined_identically_for_training_and_inference():
     train_net = {k: v for k, v in train["network_def"].items() if k != "weights"}
     infer_net = {k: v for k, v in infer["network_def"].items() if k != "weights"}
     assert train_net == infer_net
-    for key in ("arch", "trainable", "num_classes"):
+    for key in ("trainable", "num_classes"):
         assert train[key] == infer[key], key
+    # Inference builds the architecture of the model file, and training's default when there is no file yet.
+    assert infer["arch"] == "$scripts.checkpoints.model_architecture(@model_file)"
+    assert model_architecture(CONFIGS / "no_such_model.pt") == train["arch"]
     assert infer["network_def"]["weights"] is None  # inference loads model.pt, never the video weights
     # Validation/test and inference normalise the same way (z-normalisation only).
     assert infer["load"] == train["train"]["deterministic_transforms"]

@@ -43,6 +43,7 @@ from analysis.explain.maps import (
 from analysis.explain.options import add_arguments  # noqa: F401  (python -m analysis explain reads it here)
 from analysis.explain.sanity import cascading_randomisation
 from analysis.explain.summary import GAIN_EXPECTED, TARGET, _find, _where_instead, verdict  # noqa: F401
+from preprocessing.synthetic.truth import find_truth
 
 CHANNEL_LAYER = "net.layer4"
 
@@ -59,10 +60,10 @@ def _regions_for(item: Mapping[str, Any], image: nib.Nifti1Image, mask: np.ndarr
     """Region labels on the model grid and, for synthetic scans, the true hippocampal volume change (percent)."""
     truth_dir = options.get("truth_dir")
     if truth_dir is not None:
-        stem = _stem(item["image"])
-        region_file = Path(truth_dir) / f"{stem}_regions.nii.gz"
-        if region_file.exists():
-            truth = json.loads((Path(truth_dir) / f"{stem}_truth.json").read_text())
+        truth_file = find_truth(truth_dir, _stem(item["image"]))
+        region_file = truth_file and truth_file.with_name(truth_file.name.replace("_truth.json", "_regions.nii.gz"))
+        if region_file and region_file.is_file():
+            truth = json.loads(truth_file.read_text())
             labels = regions.truth_regions_on_grid(region_file, image)
             return labels, "truth", float(truth["percent_change"]["hippocampi"])
     labels = regions.template_regions_on_grid(image, mask, syn=options.get("syn", False), seed=options.get("seed", 0))

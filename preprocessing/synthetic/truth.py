@@ -23,6 +23,7 @@ from preprocessing.synthetic.anatomy import (
     VENTRICLE_BOX,
     Ellipsoid,
 )
+from preprocessing.synthetic.bids import bids_t1w
 from preprocessing.synthetic.geometry import subject_transform
 from preprocessing.synthetic.planning import MPRAGE, VISIT_MONTHS, SubjectPlan, VisitPlan
 from preprocessing.synthetic.rendering import RenderedScan
@@ -50,6 +51,8 @@ def _write_truth(
     record = {
         "subject": subject.subject,
         "image_id": visit.image_id,
+        # The file stem the BIDS layout gives this scan (the BIDS reader's image id): find_truth matches it.
+        "bids_image": bids_t1w(Path(), subject, visit).name.removesuffix(".nii.gz"),
         "group": subject.group,
         "label": 1 if subject.group == "AD" else 0,
         "sex": subject.sex,
@@ -89,6 +92,26 @@ def _write_truth(
     }
     (truth_dir / f"{stem}_truth.json").write_text(json.dumps({**note, **record}, indent=2) + "\n")
     return record
+
+
+def find_truth(truth_dir: str | Path, stem: str) -> Path | None:
+    """The truth JSON of the model-ready image ``<stem>.nii.gz``, which the chain names ``<subject>_<image id>``:
+    the image id is the ADNI one (``I12345``) for the DICOM layout and the BIDS file stem for the BIDS layout, whose
+    truth is found through the ``bids_image`` each truth JSON records. None when the folder has no truth for it."""
+    truth_dir = Path(truth_dir)
+    direct = truth_dir / f"{stem}_truth.json"
+    if direct.is_file():
+        return direct
+    subject, _, image_id = stem.partition("_sub-")
+    if not image_id:
+        return None
+    for path in sorted(truth_dir.glob(f"{subject}_*_truth.json")):
+        try:
+            if json.loads(path.read_text()).get("bids_image") == f"sub-{image_id}":
+                return path
+        except (OSError, ValueError):
+            continue
+    return None
 
 
 def _named_volumes(volumes: dict[int, float]) -> dict[str, float]:
