@@ -23,8 +23,10 @@ format: $(STAMP)
 	$(PY) -m ruff format .
 	$(PY) -m ruff check --fix .
 
+# Test modules run on TEST_WORKERS processes (pytest-xdist; one module per worker, so module fixtures are built once).
+TEST_WORKERS ?= 2
 test: $(STAMP) lint
-	$(PY) -m pytest tests
+	$(PY) -m pytest tests -n $(TEST_WORKERS) --dist loadfile
 
 # The whole pipeline on a synthetic cohort (demo.sh; settings through DEMO_* variables, see its header).
 demo: $(STAMP)
