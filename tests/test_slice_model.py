@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import pytest
 import torch
+from conftest import BUNDLE_ROOT
 from torchvision.models import resnet18
 
 from scripts.data import BundleInputError
@@ -93,3 +97,21 @@ def test_imagenet_weights_give_a_summed_grayscale_conv1(tmp_path):
     image = torch.randn(2, 1, 32, 32)
     with torch.no_grad():
         torch.testing.assert_close(model.net.eval()(image), rgb.eval()(image.repeat(1, 3, 1, 1)), rtol=1e-4, atol=1e-5)
+
+
+def test_a_slice_model_exports_to_torchscript_by_tracing(tmp_path):
+    # The README's export command with --use_trace: ckpt_export builds the architecture model.pt holds.
+    model = slice_model(slice_axis="axial", slice_count=4)
+    torch.save(model.state_dict(), tmp_path / "model.pt")
+    args = ["ckpt_export", "network_def", "--filepath", str(tmp_path / "model.ts"), "--ckpt_file",
+            str(tmp_path / "model.pt"), "--model_file", str(tmp_path / "model.pt"), "--meta_file",
+            "configs/metadata.json", "--config_file", "configs/inference.json", "--use_trace", "True",
+            "--input_shape", "[1, 1, 32, 32, 32]"]  # fmt: skip
+    done = subprocess.run(
+        [sys.executable, "-m", "monai.bundle", *args], cwd=BUNDLE_ROOT, capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    exported = torch.jit.load(str(tmp_path / "model.ts"))
+    volumes = torch.randn(3, 1, 32, 32, 32)
+    with torch.no_grad():
+        assert torch.allclose(exported(volumes), model(volumes), atol=1e-5)
