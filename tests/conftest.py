@@ -3,7 +3,10 @@
 
 from __future__ import annotations
 
+import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -12,6 +15,20 @@ import preprocessing
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 BUNDLE_ROOT = preprocessing.bundle_root()
+
+
+def bundle_cli(*args: str, check: bool = True) -> subprocess.CompletedProcess:
+    """Run ``python -m monai.bundle <args>`` from the bundle folder, as a user would (W&B off); with ``check``, a
+    non-zero exit fails the test with the end of the output."""
+    env = {**os.environ, "WANDB_MODE": "disabled", "PYTHONUNBUFFERED": "1"}
+    result = subprocess.run(
+        [sys.executable, "-m", "monai.bundle", *args], cwd=BUNDLE_ROOT, env=env, capture_output=True, text=True
+    )
+    if check and result.returncode != 0:
+        raise AssertionError(
+            f"bundle CLI failed ({result.returncode}):\n{result.stdout[-3000:]}\n{result.stderr[-5000:]}"
+        )
+    return result
 
 
 @pytest.fixture(scope="module", autouse=True)

@@ -3,13 +3,10 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 
 import pytest
 import torch
-from conftest import BUNDLE_ROOT
+from conftest import BUNDLE_ROOT, bundle_cli
 from monai.bundle import ConfigWorkflow
 from tiny_data import write_tiny_dataset
 
@@ -18,15 +15,6 @@ from scripts.network import VideoResNetClassifier
 
 pytestmark = pytest.mark.slow
 CONFIGS = BUNDLE_ROOT / "configs"
-
-
-def bundle_cli(*args: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "WANDB_MODE": "disabled"}
-    result = subprocess.run(
-        [sys.executable, "-m", "monai.bundle", *args], cwd=BUNDLE_ROOT, env=env, capture_output=True, text=True
-    )
-    assert result.returncode == 0, f"{result.stdout[-3000:]}\n{result.stderr[-5000:]}"
-    return result
 
 
 @pytest.mark.parametrize("config", ["configs/inference.json", "configs/train.json"])

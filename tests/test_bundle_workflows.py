@@ -5,16 +5,14 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from conftest import BUNDLE_ROOT
+from conftest import bundle_cli
 from tiny_data import write_tiny_dataset
 
 from preprocessing.benchmark import head_phantom
@@ -23,19 +21,6 @@ pytestmark = pytest.mark.slow
 
 TRAIN = "configs/train.json"
 EVALUATE = "['configs/train.json','configs/evaluate.json']"
-
-
-def bundle_cli(*args: str, check: bool = True) -> subprocess.CompletedProcess:
-    """Run ``python -m monai.bundle <args>`` from the bundle folder, as a user would."""
-    env = {**os.environ, "WANDB_MODE": "disabled"}
-    result = subprocess.run(
-        [sys.executable, "-m", "monai.bundle", *args], cwd=BUNDLE_ROOT, env=env, capture_output=True, text=True
-    )
-    if check and result.returncode != 0:
-        raise AssertionError(
-            f"bundle CLI failed ({result.returncode}):\n{result.stdout[-3000:]}\n{result.stderr[-5000:]}"
-        )
-    return result
 
 
 def run_args(dataset: Path, run_dir: Path, *extra: str) -> list[str]:

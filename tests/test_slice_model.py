@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
-
 import pytest
 import torch
-from conftest import BUNDLE_ROOT
+from conftest import bundle_cli
 from torchvision.models import resnet18
 
 from scripts.data import BundleInputError
@@ -107,10 +104,7 @@ def test_a_slice_model_exports_to_torchscript_by_tracing(tmp_path):
             str(tmp_path / "model.pt"), "--model_file", str(tmp_path / "model.pt"), "--meta_file",
             "configs/metadata.json", "--config_file", "configs/inference.json", "--use_trace", "True",
             "--input_shape", "[1, 1, 32, 32, 32]"]  # fmt: skip
-    done = subprocess.run(
-        [sys.executable, "-m", "monai.bundle", *args], cwd=BUNDLE_ROOT, capture_output=True, text=True
-    )
-    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    bundle_cli(*args)
     exported = torch.jit.load(str(tmp_path / "model.ts"))
     volumes = torch.randn(3, 1, 32, 32, 32)
     with torch.no_grad():
